@@ -1,0 +1,3 @@
+from imalinkd.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,129 @@
+"""The SQL catalog: opening it, migrating it, and the session-lookup helpers every command
+needs. SQLite in WAL mode is the embedded default; any SQLAlchemy URL works."""
+
+from __future__ import annotations
+
+import os
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterator
+
+from sqlalchemy import create_engine, event, or_, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
+from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError
+
+__all__ = [
+    "Base", "Catalog", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot",
+]
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def _sqlite_pragmas(dbapi_conn, _record) -> None:
+    cur = dbapi_conn.cursor()
+    cur.execute("PRAGMA journal_mode=WAL")
+    cur.execute("PRAGMA synchronous=NORMAL")
+    cur.execute("PRAGMA foreign_keys=ON")
+    cur.execute("PRAGMA busy_timeout=30000")
+    cur.close()
+
+
+class Catalog:
+    """A handle on the catalog database. Thread-safe: each unit of work opens its own
+    ``Session`` with :meth:`session`."""
+
+    def __init__(self, engine: Engine, url: str) -> None:
+        self.engine = engine
+        self.url = url
+        self._sessions = sessionmaker(engine, expire_on_commit=False)
+
+    @classmethod
+    def open(cls, config_or_url) -> "Catalog":
+        """Open (creating and migrating as needed) the catalog of a Config or a URL."""
+        url = config_or_url if isinstance(config_or_url, str) else config_or_url.catalog_url
+        try:
+            parsed = make_url(url)
+        except Exception as e:
+            raise CatalogError(url=url, message=f"not a database URL ({e})") from None
+        is_sqlite = parsed.get_backend_name() == "sqlite"
+        if is_sqlite and parsed.database and parsed.database != ":memory:":
+            try:
+                Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise CatalogError(url=url, message=f"cannot create its directory: {e.strerror}") from None
+        try:
+            engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False} if is_sqlite else {})
+        except Exception as e:
+            raise CatalogError(url=url, message=str(e)) from None
+        if is_sqlite:
+            event.listen(engine, "connect", _sqlite_pragmas)
+        catalog = cls(engine, url)
+        catalog.migrate()
+        return catalog
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest Alembic revision (a no-op when it is there)."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+        from alembic.runtime.migration import MigrationContext
+        from alembic.script import ScriptDirectory
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        head = ScriptDirectory.from_config(cfg).get_current_head()
+        try:
+            with self.engine.begin() as conn:
+                current = MigrationContext.configure(conn).get_current_revision()
+                if current == head:
+                    return
+                cfg.attributes["connection"] = conn
+                command.upgrade(cfg, "head")
+        except SQLAlchemyError as e:
+            raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from None
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A unit of work: committed when the block ends, rolled back on an exception."""
+        s = self._sessions()
+        try:
+            yield s
+            s.commit()
+        except BaseException:
+            s.rollback()
+            raise
+        finally:
+            s.close()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def find_session(s: Session, ref: str | int) -> ImportSession:
+    """A session by catalog id, UUID, UUID prefix (8+ hex digits) or directory name."""
+    ref_s = str(ref).strip()
+    if not ref_s:
+        raise SessionNotFoundError(ref=ref_s)
+    if ref_s.isdigit() and len(ref_s) < 8:
+        row = s.get(ImportSession, int(ref_s))
+        if row is not None:
+            return row
+    q = select(ImportSession).where(
+        or_(
+            ImportSession.storage_uuid == ref_s.lower(),
+            ImportSession.storage_directory_name == ref_s,
+            ImportSession.storage_uuid.startswith(ref_s.lower()) if len(ref_s) >= 4 and all(c in "0123456789abcdef-" for c in ref_s.lower()) else False,
+        )
+    )
+    rows = list(s.scalars(q))
+    if not rows:
+        raise SessionNotFoundError(ref=ref_s)
+    exact = [r for r in rows if r.storage_uuid == ref_s.lower() or r.storage_directory_name == ref_s]
+    if len(exact) == 1:
+        return exact[0]
+    if len(rows) > 1:
+        raise AmbiguousSessionError(ref=ref_s, matches=", ".join(r.storage_uuid[:13] for r in rows[:5]))
+    return rows[0]

@@ -1,0 +1,307 @@
+"""Configuration: one TOML file loaded once into frozen dataclasses.
+
+Where the file comes from: ``--config FILE``, else ``$IMALINKD_CONFIG``, else
+``/etc/imalinkd/imalinkd.toml`` if it exists, else the embedded defaults (no file at all).
+Unknown keys are rejected by name, so a typo never silently falls back to a default.
+Every key is documented in ``config/imalinkd.toml``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from imalinkd.errors import ConfigError
+
+SYSTEM_CONFIG = Path("/etc/imalinkd/imalinkd.toml")
+VERIFY_LEVELS = ("size", "sha256", "paranoid")
+CARD_AFTER_IMPORT = ("none", "unmount", "power-off")
+DROP_AFTER_IMPORT = ("keep", "delete")
+
+
+def default_state_dir() -> Path:
+    """Where the catalog and daemon state live without a config: /var/lib/imalinkd for
+    root (as the systemd unit runs it), the XDG state directory for everyone else."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/imalinkd")
+    base = os.environ.get("XDG_STATE_HOME") or os.path.expanduser("~/.local/state")
+    return Path(base) / "imalinkd"
+
+
+def default_storage_root() -> Path:
+    """The archive without a config: /var/lib/imalinkd/archive for root, else
+    ``$XDG_DATA_HOME/imalinkd/archive``."""
+    if os.geteuid() == 0:
+        return Path("/var/lib/imalinkd/archive")
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return Path(base) / "imalinkd" / "archive"
+
+
+@dataclass(frozen=True)
+class CatalogConfig:
+    url: str = ""  # empty: sqlite file in the state directory
+
+
+@dataclass(frozen=True)
+class StorageConfig:
+    root: Path | None = None
+    storage_id: str | None = None
+    search_depth: int = 2  # how far below a mount point a storage marker is looked for
+    free_space_warning_percent: float = 5.0
+    safety_margin_mb: int = 16  # preflight: room needed beyond the planned bytes
+
+
+@dataclass(frozen=True)
+class ImportConfig:
+    verify: str = "sha256"
+    workers: int = 2  # files in flight at once
+    thumbnails: bool = True
+    thumbnail_size: int = 512
+    copy_files: bool = True  # false: a legacy/reference import that catalogues in place
+    include: tuple[str, ...] = ()  # file extensions to take (empty: all regular files)
+    exclude: tuple[str, ...] = ()  # glob patterns of paths to leave alone
+    checkpoint_seconds: float = 2.0  # how often metadata.json is rewritten during a copy
+
+
+@dataclass(frozen=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8765"
+    token_file: Path | None = None  # default: <state_dir>/api-token
+
+
+@dataclass(frozen=True)
+class DaemonConfig:
+    state_dir: Path = field(default_factory=default_state_dir)
+    automount: bool = False  # with udev: mount removable cards read-only ourselves
+    settle_seconds: float = 2.0  # drop folders: how long a file must be unchanged
+    watchdog: bool = True  # send WATCHDOG=1 when systemd asks for it
+    log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class CardPolicy:
+    """A ``[[card]]`` rule. Match fields left empty match anything."""
+
+    label: str | None = None  # volume label, exact or glob
+    uuid: str | None = None  # filesystem UUID
+    path: str | None = None  # mount point glob
+    description: str = "{label}"
+    include: tuple[str, ...] | None = None
+    verify: str | None = None
+    thumbnails: bool | None = None
+    after_import: str = "none"
+    enabled: bool = True  # false: matching cards are ignored
+
+
+@dataclass(frozen=True)
+class DropFolderPolicy:
+    path: Path
+    description: str = "{folder}"
+    settle_seconds: float | None = None
+    after_import: str = "keep"
+    include: tuple[str, ...] | None = None
+    verify: str | None = None
+
+
+@dataclass(frozen=True)
+class Config:
+    catalog: CatalogConfig = field(default_factory=CatalogConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    import_: ImportConfig = field(default_factory=ImportConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    cards: tuple[CardPolicy, ...] = ()
+    drop_folders: tuple[DropFolderPolicy, ...] = ()
+    source: str = "embedded defaults"  # where this config came from, for messages
+
+    @property
+    def catalog_url(self) -> str:
+        return self.catalog.url or f"sqlite:///{self.daemon.state_dir / 'catalog.db'}"
+
+    @property
+    def storage_root(self) -> Path | None:
+        """The configured archive path; None when the archive is named by storage_id only."""
+        if self.storage.root is not None:
+            return self.storage.root
+        if self.storage.storage_id is None:
+            return default_storage_root()
+        return None
+
+    @property
+    def api_token_file(self) -> Path:
+        return self.api.token_file or self.daemon.state_dir / "api-token"
+
+
+# --- loading -------------------------------------------------------------------------------
+
+
+def config_path(explicit: str | os.PathLike[str] | None) -> Path | None:
+    """The file to read, or None for the embedded defaults."""
+    if explicit:
+        return Path(explicit)
+    env = os.environ.get("IMALINKD_CONFIG")
+    if env:
+        return Path(env)
+    if SYSTEM_CONFIG.exists():
+        return SYSTEM_CONFIG
+    return None
+
+
+def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
+    """Read and validate the config. Raises ConfigError naming the file and the key."""
+    path = config_path(explicit)
+    if path is None:
+        return Config()
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except FileNotFoundError:
+        raise ConfigError(source=str(path), message="file not found") from None
+    except OSError as e:
+        raise ConfigError(source=str(path), message=e.strerror or str(e)) from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(source=str(path), message=f"not valid TOML: {e}") from None
+    return parse_config(data, source=str(path), base=path.parent)
+
+
+def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
+    """Turn parsed TOML into a Config. Relative paths are taken relative to ``base``."""
+    reader = _Reader(source, base or Path.cwd())
+    known = {"catalog", "storage", "import", "api", "daemon", "card", "drop_folder"}
+    reader.reject_unknown(data, known, "")
+    daemon = reader.section(data, "daemon", DaemonConfig)
+    if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
+        reader.fail("daemon.log_level", "must be one of debug, info, warning, error")
+    catalog = reader.section(data, "catalog", CatalogConfig)
+    storage = reader.section(data, "storage", StorageConfig)
+    if storage.storage_id is not None:
+        import uuid
+
+        try:
+            uuid.UUID(storage.storage_id)
+        except ValueError:
+            reader.fail("storage.storage_id", f"{storage.storage_id!r} is not a UUID")
+    if storage.search_depth < 0:
+        reader.fail("storage.search_depth", "must be 0 or more")
+    imp = reader.section(data, "import", ImportConfig)
+    reader.check_choice("import.verify", imp.verify, VERIFY_LEVELS)
+    if not 1 <= imp.workers <= 64:
+        reader.fail("import.workers", "must be between 1 and 64")
+    if not 16 <= imp.thumbnail_size <= 4096:
+        reader.fail("import.thumbnail_size", "must be between 16 and 4096 pixels")
+    api = reader.section(data, "api", ApiConfig)
+    if api.listen:
+        from imalinkd.netaddr import parse_listen
+
+        try:
+            parse_listen(api.listen)
+        except ValueError as e:
+            reader.fail("api.listen", str(e))
+    cards = []
+    for i, raw in enumerate(reader.array(data, "card")):
+        card = reader.build(raw, CardPolicy, f"card[{i}]")
+        reader.check_choice(f"card[{i}].after_import", card.after_import, CARD_AFTER_IMPORT)
+        if card.verify is not None:
+            reader.check_choice(f"card[{i}].verify", card.verify, VERIFY_LEVELS)
+        cards.append(card)
+    drops = []
+    for i, raw in enumerate(reader.array(data, "drop_folder")):
+        if "path" not in raw:
+            reader.fail(f"drop_folder[{i}].path", "is required")
+        drop = reader.build(raw, DropFolderPolicy, f"drop_folder[{i}]")
+        reader.check_choice(f"drop_folder[{i}].after_import", drop.after_import, DROP_AFTER_IMPORT)
+        if drop.verify is not None:
+            reader.check_choice(f"drop_folder[{i}].verify", drop.verify, VERIFY_LEVELS)
+        drops.append(drop)
+    return Config(
+        catalog=catalog,
+        storage=storage,
+        import_=imp,
+        api=api,
+        daemon=daemon,
+        cards=tuple(cards),
+        drop_folders=tuple(drops),
+        source=source,
+    )
+
+
+class _Reader:
+    """Builds dataclasses from TOML tables, checking names and types against the fields."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+
+    def fail(self, key: str, message: str) -> None:
+        raise ConfigError(source=self.source, message=f"{key}: {message}")
+
+    def reject_unknown(self, table: Mapping[str, Any], known: set[str], prefix: str) -> None:
+        for key in table:
+            if key not in known:
+                name = f"{prefix}{key}"
+                hint = f" (known: {', '.join(sorted(known))})" if known else ""
+                self.fail(name, f"unknown key{hint}")
+
+    def check_choice(self, key: str, value: str, choices: tuple[str, ...]) -> None:
+        if value not in choices:
+            self.fail(key, f"{value!r} is not one of {', '.join(choices)}")
+
+    def section(self, data: Mapping[str, Any], name: str, cls: type) -> Any:
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            self.fail(name, "must be a table ([" + name + "])")
+        return self.build(raw, cls, name)
+
+    def array(self, data: Mapping[str, Any], name: str) -> list[dict[str, Any]]:
+        raw = data.get(name, [])
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            self.fail(name, f"must be an array of tables ([[{name}]])")
+        return raw
+
+    def build(self, raw: Mapping[str, Any], cls: type, prefix: str) -> Any:
+        fields = {f.name.rstrip("_"): f for f in dataclasses.fields(cls)}
+        self.reject_unknown(raw, set(fields), prefix + ".")
+        kwargs = {}
+        for key, value in raw.items():
+            f = fields[key]
+            kwargs[f.name] = self.convert(f"{prefix}.{key}", value, str(f.type))
+        return cls(**kwargs)
+
+    def convert(self, key: str, value: Any, type_: str) -> Any:
+        optional = "None" in type_
+        if "Path" in type_:
+            if not isinstance(value, str) or not value:
+                self.fail(key, "must be a non-empty path string")
+            p = Path(os.path.expanduser(value))
+            return p if p.is_absolute() else (self.base / p)
+        if "tuple" in type_:
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not all(isinstance(x, str) for x in value):
+                self.fail(key, "must be a list of strings")
+            return tuple(value)
+        if type_.startswith("bool"):
+            if not isinstance(value, bool):
+                self.fail(key, f"must be true or false, not {value!r}")
+            return value
+        if type_.startswith("int"):
+            if isinstance(value, bool) or not isinstance(value, int):
+                self.fail(key, f"must be a whole number, not {value!r}")
+            return value
+        if type_.startswith("float"):
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                self.fail(key, f"must be a number, not {value!r}")
+            return float(value)
+        if type_.startswith("str") or (optional and "str" in type_):
+            if not isinstance(value, str):
+                self.fail(key, f"must be a string, not {value!r}")
+            return value
+        if optional and "bool" in type_:
+            if not isinstance(value, bool):
+                self.fail(key, f"must be true or false, not {value!r}")
+            return value
+        return value

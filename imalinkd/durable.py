@@ -1,0 +1,241 @@
+"""Durability: the only module that writes archive files.
+
+Guarantees, in the words the rest of the code relies on:
+
+* ``atomic_write_bytes``/``atomic_write_json``: after they return, the file has either its old
+  or its new content after a power cut, never a mix, and its name survives.
+* ``copy_to_sinks``: reads the source exactly once, feeding every sink (one per destination)
+  and a sha256 of the bytes read. Each ``Sink`` writes to a temporary name beside its target
+  and only ``commit`` gives the data its final name, after fsync and verification.
+* ``hash_from_disk``: re-reads a file from the device, not from the page cache (the cached
+  pages are dropped first), so a verification sees what the disk holds.
+
+An fsync that fails is never retried: after a failed fsync the kernel may have dropped the
+dirty pages, so a retry could "succeed" on lost data. The file then counts as not copied.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import os
+import threading
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+CHUNK = 4 * 1024 * 1024
+TEMP_PREFIX = ".imalinkd-partial-"
+
+
+def fsync_dir(path: str | os.PathLike[str]) -> None:
+    """Make a rename/creation/removal in directory ``path`` durable."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
+    """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
+    path = os.fspath(path)
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+        os.close(fd)
+        fd = -1
+        os.replace(tmp, path)
+    except BaseException:
+        if fd >= 0:
+            os.close(fd)
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+    fsync_dir(d)
+
+
+def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
+    """JSON with ensure_ascii, so that non-UTF-8 names kept as surrogates stay representable."""
+    atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii"))
+
+
+def drop_cache(fd: int) -> None:
+    """Ask the kernel to forget the clean cached pages of ``fd`` (after fsync they are clean)."""
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    except OSError:
+        pass
+
+
+def hash_fd(fd: int, chunk: int = CHUNK) -> tuple[str, int]:
+    h = hashlib.sha256()
+    n = 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    while True:
+        k = os.readv(fd, [buf])
+        if not k:
+            break
+        h.update(view[:k])
+        n += k
+    return h.hexdigest(), n
+
+
+def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """sha256 and size of a file as read now (page cache allowed)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        return hash_fd(fd)
+    finally:
+        os.close(fd)
+
+
+def hash_from_disk(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """sha256 and size of a file as the device holds it: cached pages are dropped first."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        drop_cache(fd)
+        result = hash_fd(fd)
+        drop_cache(fd)
+        return result
+    finally:
+        os.close(fd)
+
+
+class Sink:
+    """One destination of a copy: a temporary file beside ``target``.
+
+    Life cycle: ``open`` → ``write``* → ``finish`` (fsync) → ``commit`` (rename, fsync dir),
+    or ``discard`` at any point. ``commit`` refuses to replace an existing file: a name
+    collision never overwrites anything.
+    """
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        d, base = os.path.split(target)
+        self.directory = d
+        # A short fixed-length name: a long source name plus a suffix could pass NAME_MAX.
+        tag = hashlib.sha1(os.fsencode(base)).hexdigest()[:16]
+        self.temp = os.path.join(d, f"{TEMP_PREFIX}{tag}")
+        self.fd = -1
+        self.size = 0
+
+    def open(self) -> None:
+        os.makedirs(self.directory, exist_ok=True)
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+
+    def write(self, data: memoryview) -> None:
+        while data:
+            data = data[os.write(self.fd, data):]
+
+    def finish(self, times_ns: tuple[int, int] | None) -> None:
+        """fsync the data (never retried on failure) and set the modification time."""
+        if times_ns is not None:
+            os.utime(self.fd, ns=times_ns)
+        os.fsync(self.fd)
+        drop_cache(self.fd)
+        os.close(self.fd)
+        self.fd = -1
+
+    def verify(self, level: str, sha256: str, size: int) -> str | None:
+        """Check the temporary file against what was written. Returns a problem or None."""
+        if level == "size":
+            actual = os.stat(self.temp).st_size
+            return None if actual == size else f"size on disk {actual}, wrote {size}"
+        digest, actual = hash_from_disk(self.temp)
+        if actual != size:
+            return f"size on disk {actual}, wrote {size}"
+        if digest != sha256:
+            return f"sha256 on disk {digest[:12]}…, wrote {sha256[:12]}…"
+        return None
+
+    def commit(self) -> None:
+        """Give the verified file its final name; after this returns, it survives power loss.
+
+        ``link`` + ``unlink`` instead of ``rename`` so that an existing target is never
+        replaced (EEXIST is raised instead)."""
+        os.link(self.temp, self.target)
+        os.unlink(self.temp)
+        fsync_dir(self.directory)
+
+    def discard(self) -> None:
+        if self.fd >= 0:
+            try:
+                os.close(self.fd)
+            except OSError:
+                pass
+            self.fd = -1
+        try:
+            os.unlink(self.temp)
+        except FileNotFoundError:
+            pass
+        except OSError:
+            pass
+
+
+@dataclass
+class CopyOutcome:
+    sha256: str
+    size: int
+
+
+def copy_to_sinks(
+    src_fd: int,
+    sinks: Sequence[Sink],
+    on_bytes: Callable[[int], None] | None = None,
+    cancel: threading.Event | None = None,
+    chunk: int = CHUNK,
+) -> CopyOutcome:
+    """Read ``src_fd`` once to its end, writing every chunk to every sink and hashing it.
+
+    Sinks must be opened already. Raises OSError from either side; ``InterruptedError`` when
+    ``cancel`` is set (the caller discards the sinks)."""
+    h = hashlib.sha256()
+    total = 0
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    try:
+        os.posix_fadvise(src_fd, 0, 0, os.POSIX_FADV_SEQUENTIAL)
+    except OSError:
+        pass
+    while True:
+        if cancel is not None and cancel.is_set():
+            raise InterruptedError(errno.EINTR, "cancelled")
+        k = os.readv(src_fd, [buf])
+        if not k:
+            break
+        piece = view[:k]
+        h.update(piece)
+        for s in sinks:
+            s.write(piece)
+        total += k
+        if on_bytes is not None:
+            on_bytes(k)
+    return CopyOutcome(h.hexdigest(), total)
+
+
+def is_partial_name(name: str) -> bool:
+    return name.startswith(TEMP_PREFIX)
+
+
+def remove_partials(root: str | os.PathLike[str], keep: Callable[[str], bool] = lambda p: False) -> int:
+    """Delete temporary copies left by an interrupted import below ``root``, except paths
+    for which ``keep`` is true (a committed source file that happens to look like one)."""
+    n = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            if is_partial_name(name) and not keep(os.path.join(dirpath, name)):
+                try:
+                    os.unlink(os.path.join(dirpath, name))
+                    n += 1
+                except FileNotFoundError:
+                    pass
+    return n

@@ -1,0 +1,236 @@
+"""Storage roots: the ``config.json`` marker, session directory names, and finding roots.
+
+A directory is a storage root if and only if it holds a valid marker (DESIGN §2). The marker
+carries the root's identity (``storage_id``), which never changes, so an archive drive is
+recognised wherever it is mounted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+import psutil
+
+from imalinkd import durable
+from imalinkd.errors import MarkerError, StorageError, StorageNotWritableError
+
+MARKER = "config.json"
+FORMAT = "imalink-storage"
+FORMAT_VERSION = 1
+SESSION_DIR_RE = re.compile(r"^(\d{8})_import_(.+)_([0-9a-f]{8})$")
+PSEUDO_FS = {
+    "proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs", "mqueue", "securityfs",
+    "debugfs", "tracefs", "pstore", "bpf", "autofs", "hugetlbfs", "configfs", "fusectl",
+    "binfmt_misc", "efivarfs", "nsfs", "rpc_pipefs", "selinuxfs", "overlay", "squashfs",
+}
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def iso(ts: datetime | None) -> str | None:
+    """ISO 8601 UTC with ``Z``, as every timestamp imalinkd makes."""
+    if ts is None:
+        return None
+    if ts.tzinfo is None:
+        ts = ts.replace(tzinfo=timezone.utc)
+    return ts.astimezone(timezone.utc).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+def parse_iso(text: str | None) -> datetime | None:
+    if not text:
+        return None
+    ts = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    return ts if ts.tzinfo else ts.replace(tzinfo=timezone.utc)
+
+
+@dataclass(frozen=True)
+class Marker:
+    storage_id: str
+    label: str
+    created_at: str
+    format_version: int = FORMAT_VERSION
+
+    def as_json(self) -> dict:
+        return {
+            "format": FORMAT,
+            "format_version": self.format_version,
+            "storage_id": self.storage_id,
+            "label": self.label,
+            "created_at": self.created_at,
+        }
+
+
+def read_marker(root: str | os.PathLike[str]) -> Marker | None:
+    """The root's marker, None when there is no ``config.json`` at all.
+
+    Raises MarkerError (naming the file) when one exists but is not a valid marker."""
+    path = os.path.join(root, MARKER)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        return None
+    except OSError as e:
+        raise MarkerError(path=path, message=e.strerror or str(e)) from None
+    try:
+        with os.fdopen(fd, "rb") as f:
+            raw = f.read(1 << 20)
+        data = json.loads(raw)
+    except (OSError, ValueError) as e:
+        raise MarkerError(path=path, message=f"not readable JSON ({e})") from None
+    if not isinstance(data, dict) or data.get("format") != FORMAT:
+        raise MarkerError(path=path, message=f"'format' is not {FORMAT!r}")
+    try:
+        sid = str(uuid.UUID(str(data.get("storage_id"))))
+    except ValueError:
+        raise MarkerError(path=path, message=f"storage_id {data.get('storage_id')!r} is not a UUID") from None
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise MarkerError(path=path, message=f"format_version {version!r} is newer than this imalinkd understands")
+    label = data.get("label") or ""
+    return Marker(storage_id=sid, label=str(label), created_at=str(data.get("created_at") or ""), format_version=version)
+
+
+def init_storage(root: str | os.PathLike[str], label: str | None = None) -> Marker:
+    """Make ``root`` a storage root (idempotent: an existing valid marker is returned)."""
+    root = os.fspath(root)
+    existing = read_marker(root) if os.path.isdir(root) else None
+    if existing is not None:
+        return existing
+    try:
+        os.makedirs(root, exist_ok=True)
+    except OSError as e:
+        raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
+    marker = Marker(
+        storage_id=str(uuid.uuid4()),
+        label=label if label is not None else (os.path.basename(root.rstrip("/")) or "archive"),
+        created_at=iso(utcnow()) or "",
+    )
+    try:
+        durable.atomic_write_json(os.path.join(root, MARKER), marker.as_json())
+    except OSError as e:
+        raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
+    return marker
+
+
+def clean_description(text: str | None) -> str:
+    """DESIGN §2: ``[^\\w\\-]`` → ``_``, at most 50 characters, ``session`` when empty."""
+    cleaned = re.sub(r"[^\w\-]", "_", text or "", flags=re.ASCII)[:50]
+    return cleaned if cleaned.strip("_") else "session"
+
+
+def session_dir_name(started_at: datetime, description: str | None, session_uuid: str) -> str:
+    return f"{started_at.astimezone(timezone.utc):%Y%m%d}_import_{clean_description(description)}_{session_uuid.replace('-', '')[:8]}"
+
+
+def is_session_dir_name(name: str) -> bool:
+    return SESSION_DIR_RE.match(name) is not None
+
+
+def mount_points() -> list[str]:
+    """Real mounted file systems (pseudo file systems left out), from the kernel's table."""
+    out = []
+    for part in psutil.disk_partitions(all=True):
+        if part.fstype in PSEUDO_FS or part.fstype.startswith("cgroup"):
+            continue
+        out.append(part.mountpoint)
+    return out
+
+
+@dataclass(frozen=True)
+class FoundRoot:
+    path: str
+    marker: Marker
+
+
+def find_storage_roots(base: str, depth: int = 2, errors: list[str] | None = None) -> list[FoundRoot]:
+    """Storage roots at ``base`` or up to ``depth`` directory levels below it.
+
+    Symlinks are not followed and no other file system is entered (a mount below ``base``
+    is examined on its own). Invalid markers are reported in ``errors``, not raised."""
+    found: list[FoundRoot] = []
+    try:
+        base_dev = os.lstat(base).st_dev
+    except OSError:
+        return found
+
+    def visit(path: str, level: int) -> None:
+        try:
+            marker = read_marker(path)
+        except MarkerError as e:
+            if errors is not None:
+                errors.append(str(e))
+            marker = None
+        if marker is not None:
+            found.append(FoundRoot(path, marker))
+            return  # a root's session directories are never roots themselves
+        if level >= depth:
+            return
+        try:
+            entries = list(os.scandir(path))
+        except OSError:
+            return
+        for entry in sorted(entries, key=lambda e: e.name):
+            if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                if entry.stat(follow_symlinks=False).st_dev != base_dev:
+                    continue
+            except OSError:
+                continue
+            visit(entry.path, level + 1)
+
+    visit(base, 0)
+    return found
+
+
+def scan_all_mounts(depth: int = 2, extra: list[str] | None = None, errors: list[str] | None = None) -> list[FoundRoot]:
+    """Every reachable storage root: on any mounted file system, plus ``extra`` paths."""
+    seen: set[str] = set()
+    out: list[FoundRoot] = []
+    for base in [*(extra or []), *mount_points()]:
+        for found in find_storage_roots(base, depth, errors):
+            real = os.path.realpath(found.path)
+            if real not in seen:
+                seen.add(real)
+                out.append(found)
+    return out
+
+
+def check_writable(root: str) -> None:
+    """Preflight: can we create, fsync and delete a file in ``root``?"""
+    probe = os.path.join(root, f".imalinkd-probe-{os.getpid()}")
+    try:
+        fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            os.write(fd, b"probe")
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        try:
+            os.unlink(probe)
+        except OSError:
+            pass
+        raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
+
+
+def disk_free(path: str) -> tuple[int, int]:
+    """(free bytes for us, total bytes) of the file system holding ``path``."""
+    usage = psutil.disk_usage(path)
+    return usage.free, usage.total
+
+
+def resolve_session_dir(root: str, name: str) -> Path:
+    """The session directory inside ``root``, refusing names that could leave it."""
+    if not is_session_dir_name(name) or "/" in name:
+        raise StorageError(path=os.path.join(root, name), message="not a session directory name")
+    return Path(root) / name
