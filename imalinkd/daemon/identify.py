@@ -1,0 +1,144 @@
+"""Looking at a mounted filesystem: who it is (blkid) and what it holds (DCIM, a marker).
+
+These functions read the OS and decide nothing; ``policy`` turns their answers into
+decisions. ``blkid`` is used rather than udev's database because it works without udev and
+for FUSE mounts, whose mountinfo source is the block device itself (``/dev/loop3``, fstype
+``fuseblk``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import structlog
+
+log = structlog.get_logger()
+
+MARKER_NAME = "config.json"
+MARKER_FORMAT = "imalink-storage"
+
+
+@dataclass(frozen=True)
+class CardIdentity:
+    """What identifies a card across insertions: its filesystem UUID and volume label.
+    Cards get reformatted (new UUID, same label), so "already imported" is decided by
+    content, not by this; it names the card in logs, sessions and resume lookups."""
+
+    fs_uuid: str | None
+    label: str | None
+
+    @property
+    def name(self) -> str:
+        return self.label or self.fs_uuid or "unnamed card"
+
+
+def parse_blkid_export(text: str) -> dict[str, str]:
+    """``KEY=value`` lines of ``blkid -o export`` as a dict (values may hold '=')."""
+    out: dict[str, str] = {}
+    for line in text.splitlines():
+        key, sep, value = line.partition("=")
+        if sep:
+            out[key.strip()] = value.strip()
+    return out
+
+
+def probe_filesystem(device: str, *, timeout: float = 10.0) -> tuple[str | None, str | None, str | None]:
+    """``(fs_uuid, label, fstype)`` of the filesystem on ``device``, each None when unknown.
+
+    Anything that is not a block device (``tmpfs``, a network share, a missing node)
+    yields ``(None, None, None)`` without running blkid. Reading a device's superblock
+    needs root (or the disk group); without it blkid says nothing and neither do we.
+    """
+    try:
+        if not stat.S_ISBLK(os.stat(device).st_mode):
+            return None, None, None
+    except (OSError, ValueError):
+        return None, None, None
+    try:
+        proc = subprocess.run(
+            ["blkid", "-o", "export", device],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        log.warning("blkid_failed", device=device, error=str(e))
+        return None, None, None
+    info = parse_blkid_export(proc.stdout)
+    return info.get("UUID") or None, info.get("LABEL") or None, info.get("TYPE") or None
+
+
+def has_dcim(mount_point: Path) -> bool:
+    """Whether the mount's top level holds a ``DCIM`` directory (any case), not counting a
+    symlink named DCIM, which could lead anywhere."""
+    try:
+        with os.scandir(mount_point) as it:
+            for entry in it:
+                if entry.name.lower() == "dcim" and entry.is_dir(follow_symlinks=False):
+                    return True
+    except OSError:
+        return False
+    return False
+
+
+def is_camera_card(mount_point: Path) -> bool:
+    """A camera card is a filesystem with DCIM/ at its root (the DCF standard)."""
+    return has_dcim(mount_point)
+
+
+def is_storage_marker(path: Path) -> bool:
+    """Whether ``path`` is a regular file holding a storage marker (``format`` =
+    ``imalink-storage``). A symlink is not followed: a marker must live on the drive."""
+    try:
+        st = os.lstat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
+            return False
+        with open(path, "rb") as f:
+            data = json.load(f)
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == MARKER_FORMAT
+
+
+def find_storage_roots(mount_point: Path, depth: int) -> tuple[Path, ...]:
+    """Storage roots at ``mount_point`` or up to ``depth`` directory levels below it.
+
+    The walk stays on the mount's own filesystem and never follows symlinks, so a huge or
+    hostile tree costs at most ``depth`` levels of directory listings. A storage root is
+    not searched further (sessions do not hold other archives).
+    """
+    try:
+        dev = os.lstat(mount_point).st_dev
+    except OSError:
+        return ()
+    found: list[Path] = []
+    level = [mount_point]
+    for d in range(depth + 1):
+        below: list[Path] = []
+        for directory in level:
+            if is_storage_marker(directory / MARKER_NAME):
+                found.append(directory)
+                continue
+            if d == depth:
+                continue
+            try:
+                with os.scandir(directory) as it:
+                    for entry in it:
+                        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
+                            continue
+                        try:
+                            if entry.stat(follow_symlinks=False).st_dev != dev:
+                                continue
+                        except OSError:
+                            continue
+                        below.append(Path(entry.path))
+            except OSError:
+                continue
+        level = sorted(below)
+    return tuple(found)

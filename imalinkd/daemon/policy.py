@@ -1,0 +1,184 @@
+"""Pure decisions: which card rule applies, what a mount is, what a card job is called.
+
+Nothing here touches the OS. The service gathers facts (blkid identity, whether DCIM/
+exists, which storage roots a mount holds) and these functions turn them into decisions,
+so every rule is tested with plain values.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import string
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from imalinkd.config import CardPolicy, Config, DropFolderPolicy
+from imalinkd.daemon.identify import CardIdentity
+
+MountKind = Literal["card", "archive", "ignore"]
+
+DEFAULT_CARD_POLICY = CardPolicy()
+
+
+def _glob(pattern: str, value: str, *, casefold: bool) -> bool:
+    if casefold:
+        return fnmatch.fnmatchcase(value.casefold(), pattern.casefold())
+    return fnmatch.fnmatchcase(value, pattern)
+
+
+def has_matcher(rule: CardPolicy) -> bool:
+    """Whether a rule names the cards it is for (label, uuid or path); a rule without
+    any is a catch-all for camera (DCIM) cards."""
+    return bool(rule.label or rule.uuid or rule.path)
+
+
+def rule_matches(rule: CardPolicy, identity: CardIdentity, mount_point: Path, has_dcim: bool) -> bool:
+    """One rule against one mount. Every field the rule sets must match: ``label`` is a
+    case-insensitive glob, ``uuid`` exact (case-insensitive hex), ``path`` a glob on the
+    mount point. A rule that sets none of them matches any mount with DCIM/."""
+    if not has_matcher(rule):
+        return has_dcim
+    if rule.label and not _glob(rule.label, identity.label or "", casefold=True):
+        return False
+    if rule.uuid and (identity.fs_uuid or "").casefold() != rule.uuid.casefold():
+        return False
+    if rule.path and not _glob(rule.path, str(mount_point), casefold=False):
+        return False
+    return True
+
+
+def match_card_policy(
+    cards: tuple[CardPolicy, ...], identity: CardIdentity, mount_point: Path, has_dcim: bool
+) -> CardPolicy | None:
+    """The policy for a mount, or None when it is not a card to import.
+
+    First matching rule wins. A matching rule with ``enabled = false`` means "ignore this
+    card" (None). A camera card (DCIM/) that no rule matches gets the default policy, whose
+    description is ``"{label}"``; a mount without DCIM/ is a card only if a rule names it.
+    """
+    for rule in cards:
+        if rule_matches(rule, identity, mount_point, has_dcim):
+            return rule if rule.enabled else None
+    return DEFAULT_CARD_POLICY if has_dcim else None
+
+
+def classify_mount(*, card_policy: CardPolicy | None, storage_roots: tuple[Path, ...]) -> MountKind:
+    """What a new mount is. A mount holding a storage marker is an archive drive, even if
+    it also has a DCIM/ directory: an archive is never imported into itself. Otherwise it
+    is a card when a card policy applies, and ignored when none does."""
+    if storage_roots:
+        return "archive"
+    if card_policy is not None:
+        return "card"
+    return "ignore"
+
+
+def card_job_key(identity: CardIdentity, device: str) -> str:
+    """The key that serialises jobs: one import at a time per card. The filesystem
+    identity when known (the same card at two mount points is one card), else the
+    kernel device number."""
+    if identity.fs_uuid or identity.label:
+        return f"card:{identity.fs_uuid or ''}:{identity.label or ''}"
+    return f"dev:{device}"
+
+
+def drop_job_key(folder: Path) -> str:
+    return f"drop:{folder}"
+
+
+class _Blank(dict):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
+def render_template(template: str, values: dict[str, str]) -> str:
+    """``str.format_map`` where unknown keys become empty and a broken template (stray
+    brace, attribute access) is used as literal text rather than failing the import."""
+    try:
+        return string.Formatter().vformat(template, (), _Blank(values))
+    except (ValueError, AttributeError, IndexError, KeyError, TypeError):
+        return template
+
+
+def description_values(
+    *, label: str | None, folder: Path | str | None, now: datetime | None = None, camera_model: str = ""
+) -> dict[str, str]:
+    """The values a description template may use: ``label``, ``folder`` (the mount point's
+    or drop folder's name), ``date`` (YYYY-MM-DD, UTC), ``camera_model``."""
+    now = now or datetime.now(timezone.utc)
+    return {
+        "label": label or "",
+        "folder": Path(folder).name if folder else "",
+        "date": now.strftime("%Y-%m-%d"),
+        "camera_model": camera_model,
+    }
+
+
+def card_description(policy: CardPolicy, identity: CardIdentity, mount_point: Path, now: datetime | None = None) -> str:
+    return render_template(policy.description, description_values(label=identity.label, folder=mount_point, now=now))
+
+
+def drop_description(policy: DropFolderPolicy, now: datetime | None = None) -> str:
+    return render_template(policy.description, description_values(label=None, folder=policy.path, now=now))
+
+
+def drop_policy_for(config: Config, folder: Path) -> DropFolderPolicy | None:
+    for policy in config.drop_folders:
+        if Path(policy.path) == Path(folder):
+            return policy
+    return None
+
+
+def settle_seconds(config: Config, policy: DropFolderPolicy) -> float:
+    return policy.settle_seconds if policy.settle_seconds is not None else config.daemon.settle_seconds
+
+
+@dataclass(frozen=True)
+class CardJob:
+    """Everything a card import needs, decided before any thread starts."""
+
+    key: str
+    mount_point: Path
+    device: str  # block device path for SourceInfo (mount source), e.g. /dev/loop3
+    identity: CardIdentity
+    policy: CardPolicy
+    description: str
+
+
+def plan_card_job(
+    *,
+    config: Config,
+    mount_point: Path,
+    mount_source: str,
+    device_number: str,
+    identity: CardIdentity,
+    has_dcim: bool,
+    storage_roots: tuple[Path, ...],
+    busy_keys: frozenset[str] | set[str] = frozenset(),
+    now: datetime | None = None,
+) -> tuple[MountKind, CardJob | None, str]:
+    """Decide what a new mount means: ``(kind, job or None, reason)``.
+
+    ``reason`` is a short phrase for the log when there is no job (busy, ignored rule, …).
+    """
+    policy = match_card_policy(config.cards, identity, mount_point, has_dcim)
+    kind = classify_mount(card_policy=policy, storage_roots=storage_roots)
+    if kind != "card":
+        if kind == "ignore" and has_dcim:
+            return kind, None, "a card rule with enabled = false matches"
+        return kind, None, "not a card" if kind == "ignore" else "archive"
+    assert policy is not None
+    key = card_job_key(identity, device_number)
+    if key in busy_keys:
+        return kind, None, "an import of this card is already running"
+    job = CardJob(
+        key=key,
+        mount_point=mount_point,
+        device=mount_source,
+        identity=identity,
+        policy=policy,
+        description=card_description(policy, identity, mount_point, now),
+    )
+    return kind, job, "card"
