@@ -1,0 +1,261 @@
+"""``metadata.json``: the session manifest, the drive's own record of a session.
+
+It holds every field of the seed's metadata format plus what DESIGN §2 adds. It is written
+atomically; during a copy it is rewritten at checkpoints, and the catalog (updated after
+every committed file) is the finer-grained journal. Reading validates everything a hostile
+or damaged drive could get wrong and raises ManifestError naming the file.
+
+Entry paths: ``original_path`` is relative to the source, ``storage_path`` relative to the
+session directory and always below ``files/``. See :mod:`imalinkd.paths` for how names that
+are not UTF-8 are stored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from imalinkd import durable, paths
+from imalinkd.errors import ManifestError
+
+FILENAME = "metadata.json"
+FORMAT = "imalink-session"
+FORMAT_VERSION = 1
+STATUSES = ("not_started", "in_progress", "completed", "failed")
+MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+
+
+@dataclass
+class FileEntry:
+    original_path: str  # relative to the source
+    storage_path: str  # relative to the session directory: "files/…"
+    file_size: int
+    sha256: str
+    copied_at: str | None
+    mtime: float | None = None
+    media: dict[str, Any] | None = None
+    media_error: str | None = None
+
+    @property
+    def files_relative(self) -> str:
+        """The path below ``files/`` (the catalog's ``storage_relative_path``)."""
+        return self.storage_path[len("files/"):]
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        paths.put_path(d, "original_path", self.original_path)
+        paths.put_path(d, "storage_path", self.storage_path)
+        d.update(file_size=self.file_size, sha256=self.sha256, copied_at=self.copied_at)
+        if self.mtime is not None:
+            d["mtime"] = self.mtime
+        if self.media:
+            d["media"] = self.media
+        if self.media_error:
+            d["media_error"] = self.media_error
+        return d
+
+
+@dataclass
+class SkippedEntry:
+    original_path: str
+    reason: str
+    file_size: int | None = None
+    sha256: str | None = None
+    duplicate_of: str | None = None  # "<session uuid>:<storage_path>"
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {}
+        paths.put_path(d, "original_path", self.original_path)
+        d["reason"] = self.reason
+        for k in ("file_size", "sha256", "duplicate_of"):
+            v = getattr(self, k)
+            if v is not None:
+                d[k] = v
+        return d
+
+
+@dataclass
+class SessionManifest:
+    import_session_id: str
+    storage_id: str
+    created_at: str
+    source_path: str
+    description: str | None = None
+    source: dict[str, Any] = field(default_factory=dict)  # kind, label, fs_uuid, device
+    copy_status: str = "not_started"
+    copy_started_at: str | None = None
+    copy_completed_at: str | None = None
+    verification: str = "sha256"
+    copy_files: bool = True
+    photos_created: int = 0
+    file_manifest: list[FileEntry] = field(default_factory=list)
+    skipped: list[SkippedEntry] = field(default_factory=list)
+    error: str | None = None
+
+    @property
+    def total_files(self) -> int:
+        return len(self.file_manifest)
+
+    @property
+    def total_size_bytes(self) -> int:
+        return sum(e.file_size for e in self.file_manifest)
+
+    @property
+    def duplicates_skipped(self) -> int:
+        return sum(1 for s in self.skipped if s.duplicate_of)
+
+    def as_json(self) -> dict[str, Any]:
+        d: dict[str, Any] = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "import_session_id": self.import_session_id,
+            "storage_id": self.storage_id,
+            "description": self.description,
+            "created_at": self.created_at,
+        }
+        paths.put_path(d, "source_path", self.source_path)
+        d.update(
+            source=self.source,
+            copy_status=self.copy_status,
+            copy_started_at=self.copy_started_at,
+            copy_completed_at=self.copy_completed_at,
+            verification=self.verification,
+            copy_files=self.copy_files,
+            total_files=self.total_files,
+            total_size_bytes=self.total_size_bytes,
+            photos_created=self.photos_created,
+            duplicates_skipped=self.duplicates_skipped,
+            skipped_count=len(self.skipped) - self.duplicates_skipped,
+            error=self.error,
+            file_manifest=[e.as_json() for e in self.file_manifest],
+            skipped_files=[s.as_json() for s in self.skipped],
+        )
+        return d
+
+
+def write_manifest(session_dir: str | os.PathLike[str], manifest: SessionManifest) -> None:
+    durable.atomic_write_json(os.path.join(session_dir, FILENAME), manifest.as_json())
+
+
+def _fail(path: str, message: str) -> ManifestError:
+    return ManifestError(path=path, message=message)
+
+
+def read_manifest(session_dir: str | os.PathLike[str]) -> SessionManifest:
+    """Read and validate a session's manifest. Raises ManifestError naming the file."""
+    path = os.path.join(session_dir, FILENAME)
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except FileNotFoundError:
+        raise _fail(path, "missing") from None
+    except OSError as e:
+        raise _fail(path, e.strerror or str(e)) from None
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(MAX_MANIFEST_BYTES + 1)
+    if len(raw) > MAX_MANIFEST_BYTES:
+        raise _fail(path, "larger than any real manifest")
+    try:
+        data = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _fail(path, f"not valid JSON ({e.__class__.__name__}: {e}); truncated or damaged") from None
+    return parse_manifest(data, path)
+
+
+def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
+    if not isinstance(data, dict):
+        raise _fail(path, "not a JSON object")
+
+    def req(key: str, types: type | tuple[type, ...]) -> Any:
+        if key not in data:
+            raise _fail(path, f"field {key!r} missing")
+        v = data[key]
+        if not isinstance(v, types):
+            raise _fail(path, f"field {key!r} has the wrong type")
+        return v
+
+    sid = req("import_session_id", str)
+    import uuid
+
+    try:
+        sid = str(uuid.UUID(sid))
+    except ValueError:
+        raise _fail(path, f"import_session_id {sid!r} is not a UUID") from None
+    status = req("copy_status", str)
+    if status not in STATUSES:
+        raise _fail(path, f"copy_status {status!r} is not one of {', '.join(STATUSES)}")
+    entries_raw = req("file_manifest", list)
+    entries: list[FileEntry] = []
+    seen: set[str] = set()
+    for i, e in enumerate(entries_raw):
+        where = f"file_manifest[{i}]"
+        if not isinstance(e, dict):
+            raise _fail(path, f"{where} is not an object")
+        try:
+            orig = paths.check_relative(paths.get_path(e, "original_path"))
+            sp = paths.check_relative(paths.get_path(e, "storage_path"))
+        except (paths.UnsafePathError, KeyError, ValueError) as err:
+            raise _fail(path, f"{where}: unsafe or missing path ({err})") from None
+        if not sp.startswith("files/"):
+            raise _fail(path, f"{where}: storage_path {paths.display(sp)!r} is not below files/")
+        if sp in seen:
+            raise _fail(path, f"{where}: storage_path {paths.display(sp)!r} listed twice")
+        seen.add(sp)
+        size, sha = e.get("file_size"), e.get("sha256")
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            raise _fail(path, f"{where}: file_size {size!r} is not a byte count")
+        if not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha):
+            raise _fail(path, f"{where}: sha256 {sha!r} is not a hex sha256")
+        media = e.get("media")
+        entries.append(
+            FileEntry(
+                original_path=orig,
+                storage_path=sp,
+                file_size=size,
+                sha256=sha,
+                copied_at=e.get("copied_at") if isinstance(e.get("copied_at"), str) else None,
+                mtime=e.get("mtime") if isinstance(e.get("mtime"), (int, float)) else None,
+                media=media if isinstance(media, dict) else None,
+                media_error=e.get("media_error") if isinstance(e.get("media_error"), str) else None,
+            )
+        )
+    skipped: list[SkippedEntry] = []
+    for i, s in enumerate(data.get("skipped_files") or []):
+        if not isinstance(s, dict):
+            continue
+        try:
+            orig = paths.get_path(s, "original_path")
+        except (KeyError, ValueError, paths.UnsafePathError):
+            continue
+        skipped.append(
+            SkippedEntry(
+                original_path=orig,
+                reason=str(s.get("reason") or ""),
+                file_size=s.get("file_size") if isinstance(s.get("file_size"), int) else None,
+                sha256=s.get("sha256") if isinstance(s.get("sha256"), str) else None,
+                duplicate_of=s.get("duplicate_of") if isinstance(s.get("duplicate_of"), str) else None,
+            )
+        )
+    try:
+        source_path = paths.get_path(data, "source_path") if "source_path" in data else ""
+    except (ValueError, paths.UnsafePathError):
+        source_path = ""
+    storage_id = data.get("storage_id")
+    return SessionManifest(
+        import_session_id=sid,
+        storage_id=storage_id if isinstance(storage_id, str) else "",
+        created_at=str(data.get("created_at") or ""),
+        source_path=source_path,
+        description=data.get("description") if isinstance(data.get("description"), str) else None,
+        source=data.get("source") if isinstance(data.get("source"), dict) else {},
+        copy_status=status,
+        copy_started_at=data.get("copy_started_at") if isinstance(data.get("copy_started_at"), str) else None,
+        copy_completed_at=data.get("copy_completed_at") if isinstance(data.get("copy_completed_at"), str) else None,
+        verification=str(data.get("verification") or "sha256"),
+        copy_files=bool(data.get("copy_files", True)),
+        photos_created=data.get("photos_created") if isinstance(data.get("photos_created"), int) else 0,
+        file_manifest=entries,
+        skipped=skipped,
+        error=data.get("error") if isinstance(data.get("error"), str) else None,
+    )
