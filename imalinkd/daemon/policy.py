@@ -8,7 +8,6 @@ so every rule is tested with plain values.
 from __future__ import annotations
 
 import fnmatch
-import string
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Literal
 
 from imalinkd.config import CardPolicy, Config, DropFolderPolicy
 from imalinkd.daemon.identify import CardIdentity
+from imalinkd.naming import render_description
 
 MountKind = Literal["card", "archive", "ignore"]
 
@@ -88,18 +88,10 @@ def drop_job_key(folder: Path) -> str:
     return f"drop:{folder}"
 
 
-class _Blank(dict):
-    def __missing__(self, key: str) -> str:
-        return ""
-
-
 def render_template(template: str, values: dict[str, str]) -> str:
-    """``str.format_map`` where unknown keys become empty and a broken template (stray
-    brace, attribute access) is used as literal text rather than failing the import."""
-    try:
-        return string.Formatter().vformat(template, (), _Blank(values))
-    except (ValueError, AttributeError, IndexError, KeyError, TypeError):
-        return template
+    """Fill a description template: unknown keys become empty, and a broken template
+    (stray brace, attribute access) is used as literal text rather than failing the import."""
+    return render_description(template, **values)
 
 
 def description_values(
