@@ -1,0 +1,679 @@
+"""``imalinkd run``: event sources, one consumer, one thread per import job.
+
+Shape (DESIGN §4, STYLE 3): the sources (mount table, udev, drop folders, signals) put
+immutable events on one queue; the main thread is the only consumer and the only owner of
+the daemon's state (known mounts, running and waiting jobs). It gathers facts about a new
+mount (blkid, DCIM/, storage markers), hands them to the pure functions in ``policy``, and
+starts jobs. A job is a thread running one import inside an error boundary; when it ends it
+reports a JobFinished event, so all bookkeeping still happens on the main thread.
+
+Guarantees and limits:
+
+- one import at a time per card (keyed by filesystem UUID + label) or drop folder; cards
+  in different readers import in parallel;
+- a card pulled mid-copy cancels its job: the engine leaves a failed, resumable session,
+  and the same card (at any mount point) resumes it when it returns;
+- a card that arrives while no archive is reachable waits; it starts when a mount with a
+  storage marker appears, or on SIGHUP;
+- SIGTERM cancels every job (the engine parks the file in flight) and the process exits
+  within a few seconds; jobs still busy after the grace period are abandoned, which leaves
+  their sessions ``in_progress`` with no importer alive, i.e. failed and resumable;
+- SIGHUP reloads the config; a bad new config is refused with one clear log line and the
+  running one is kept. Jobs already running finish with the config they started with;
+- idle, the main thread sleeps in ``queue.get`` (waking only for systemd's watchdog when
+  it asked for pings), the sources sleep in ``poll()``.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import structlog
+
+from imalinkd.config import Config, load_config
+from imalinkd.daemon import identify, policy
+from imalinkd.daemon.dropfolder import DropFolderSource
+from imalinkd.daemon.events import (
+    BlockDeviceAdded,
+    BlockDeviceRemoved,
+    DropBatchSettled,
+    DropFileSettled,
+    JobFinished,
+    MountAppeared,
+    MountGone,
+    ReloadRequested,
+    StopRequested,
+)
+from imalinkd.daemon.mountinfo import MountTableSource
+from imalinkd.daemon.notify import SystemdNotifier
+from imalinkd.daemon.policy import CardJob
+from imalinkd.errors import ConfigError, ImalinkError, StorageNotFoundError, StorageNotMountedError
+
+log = structlog.get_logger()
+
+STOP_GRACE_SECONDS = 6.0  # how long SIGTERM waits for jobs to park their files
+
+
+# --- pure helpers ----------------------------------------------------------------------------
+
+
+def status_text(running: dict[str, str], waiting: dict[str, str], progress: dict[str, str]) -> str:
+    """The one-line STATUS= for systemd: what is being imported, what waits, or idle.
+    ``running``/``waiting`` map job keys to names; ``progress`` job keys to a short note."""
+    parts = []
+    for key, name in sorted(running.items()):
+        note = progress.get(key)
+        parts.append(f"importing {name}" + (f" ({note})" if note else ""))
+    if waiting:
+        parts.append("waiting for the archive: " + ", ".join(sorted(waiting.values())))
+    return "; ".join(parts) if parts else "idle, watching for cards"
+
+
+def outcome_of(result: Any) -> str:
+    """``completed`` | ``nothing_new`` | ``failed`` | ``cancelled`` from an ImportResult."""
+    status = getattr(result, "copy_status", None)
+    if getattr(result, "session_uuid", None) is None and status in (None, "completed", "not_started"):
+        return "nothing_new"
+    if status == "completed":
+        return "completed"
+    return "failed"
+
+
+def after_import_action(policy_after: str, outcome: str) -> str | None:
+    """What to do with a card once its job ended: only after success (or nothing new),
+    never after a failure, which must leave the card where it is for the resume."""
+    if outcome not in ("completed", "nothing_new"):
+        return None
+    return policy_after if policy_after in ("unmount", "power-off") else None
+
+
+# --- jobs ------------------------------------------------------------------------------------
+
+
+@dataclass
+class Job:
+    key: str
+    name: str
+    kind: str  # card | drop_folder | reindex
+    cancel: threading.Event
+    thread: threading.Thread | None = None
+    mount_point: Path | None = None
+    card: CardJob | None = None
+    batch: DropBatchSettled | None = None
+
+
+@dataclass
+class MountRecord:
+    event: MountAppeared
+    kind: str
+    key: str | None = None
+    storage_roots: tuple[Path, ...] = ()
+
+
+@dataclass
+class DaemonState:
+    mounts: dict[Path, MountRecord] = field(default_factory=dict)
+    jobs: dict[str, Job] = field(default_factory=dict)
+    waiting: dict[str, CardJob] = field(default_factory=dict)
+    pending_drops: dict[str, DropBatchSettled] = field(default_factory=dict)  # behind a running job
+    waiting_drops: dict[str, DropBatchSettled] = field(default_factory=dict)  # no archive yet
+    automounted: dict[str, Path] = field(default_factory=dict)  # device -> mount point
+    progress: dict[str, str] = field(default_factory=dict)
+
+
+def _importer():
+    """The import engine, imported on first use so the daemon starts (and reports) even
+    while a broken engine module would fail every job."""
+    from imalinkd import importer
+
+    return importer
+
+
+def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Call an engine function, leaving out keyword arguments it does not take (None
+    values are left out, too, so the engine's own defaults apply)."""
+    import inspect
+
+    kwargs = {k: v for k, v in kwargs.items() if v is not None}
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(*args, **kwargs)
+    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        kwargs = {k: v for k, v in kwargs.items() if k in params}
+    return fn(*args, **kwargs)
+
+
+class Daemon:
+    def __init__(self, config: Config, config_path: str | None, *, environ: dict[str, str] | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.events: "queue.SimpleQueue[object]" = queue.SimpleQueue()  # put() is signal-safe
+        self.notifier = SystemdNotifier(environ)
+        self.state = DaemonState()
+        self.stopping = threading.Event()
+        self.catalog: Any = None
+        self.mount_source: MountTableSource | None = None
+        self.drop_source: DropFolderSource | None = None
+        self.udev_source: Any = None
+        self._last_status = ""
+        self._status_lock = threading.Lock()
+
+    # -- lifecycle --
+
+    def run(self) -> int:
+        self._install_signals()
+        try:
+            from imalinkd.catalog import Catalog
+
+            self.catalog = Catalog.open(self.config)
+        except ImalinkError as e:
+            log.error("catalog_unavailable", error=str(e))
+            return e.exit_code
+        try:
+            self._start_sources()
+        except OSError as e:
+            log.error("event_sources_failed", error=str(e))
+            return 1
+        log.info("daemon_ready", config=self.config.source, pid=os.getpid())
+        self.notifier.ready(status=self._status())
+        try:
+            self._loop()
+        finally:
+            self._shutdown()
+        return 0
+
+    def _install_signals(self) -> None:
+        def on_term(signum: int, _frame: Any) -> None:
+            self.stopping.set()
+            for job in list(self.state.jobs.values()):
+                job.cancel.set()
+            self.events.put(StopRequested())
+
+        def on_hup(_signum: int, _frame: Any) -> None:
+            self.events.put(ReloadRequested())
+
+        signal.signal(signal.SIGTERM, on_term)
+        signal.signal(signal.SIGINT, on_term)
+        signal.signal(signal.SIGHUP, on_hup)
+
+    def _start_sources(self) -> None:
+        from imalinkd.daemon import udev
+
+        # The mount table first: a card already in the reader is reported as it starts.
+        self.mount_source = MountTableSource(self.events)
+        self.mount_source.start()
+        if udev.udev_available():
+            try:
+                self.udev_source = udev.BlockDeviceSource(self.events)
+                self.udev_source.start()
+            except Exception as e:  # pyudev missing or netlink refused: the mount table still works
+                log.warning("udev_source_failed", error=str(e))
+                self.udev_source = None
+        else:
+            log.info("udev_unavailable", message="udev not available; watching the mount table only")
+        self._start_drop_source()
+
+    def _start_drop_source(self) -> None:
+        folders = [(p.path, policy.settle_seconds(self.config, p)) for p in self.config.drop_folders]
+        if folders:
+            self.drop_source = DropFolderSource(self.events, folders)
+            self.drop_source.start()
+
+    def _loop(self) -> None:
+        interval = self.notifier.watchdog_interval() if self.config.daemon.watchdog else None
+        next_ping = time.monotonic()
+        while True:
+            if interval is not None and time.monotonic() >= next_ping:
+                self.notifier.watchdog()
+                next_ping = time.monotonic() + interval
+            timeout = max(0.0, next_ping - time.monotonic()) if interval is not None else None
+            try:
+                event = self.events.get(timeout=timeout)
+            except queue.Empty:
+                continue
+            if isinstance(event, StopRequested):
+                return
+            try:
+                self.handle(event)
+            except Exception:  # a bug in handling one event must not stop the daemon
+                log.exception("event_handling_failed", event_type=type(event).__name__)
+            self._update_status()
+
+    def _shutdown(self) -> None:
+        log.info("daemon_stopping", running_jobs=len(self.state.jobs))
+        self.notifier.stopping(status="stopping: parking imports")
+        self.stopping.set()
+        for job in self.state.jobs.values():
+            job.cancel.set()
+        for source in (self.mount_source, self.udev_source, self.drop_source):
+            if source is not None:
+                try:
+                    source.stop()
+                except Exception as e:
+                    log.warning("event_source_stop_failed", error=str(e))
+        deadline = time.monotonic() + STOP_GRACE_SECONDS
+        for job in list(self.state.jobs.values()):
+            if job.thread is not None:
+                job.thread.join(timeout=max(0.0, deadline - time.monotonic()))
+                if job.thread.is_alive():
+                    log.warning("job_abandoned_at_stop", job=job.key, name=job.name)
+        for device, mount_point in list(self.state.automounted.items()):
+            if not any(j.mount_point == mount_point and j.thread and j.thread.is_alive() for j in self.state.jobs.values()):
+                self._unmount_automounted(device)
+        if self.catalog is not None:
+            try:
+                self.catalog.close()
+            except Exception:
+                pass
+        self.notifier.close()
+        log.info("daemon_stopped")
+
+    # -- status --
+
+    def _status(self) -> str:
+        # Also called from job threads (progress): copy the dicts first, dict() is atomic.
+        running = {k: j.name for k, j in dict(self.state.jobs).items() if j.kind != "reindex"}
+        waiting = {k: j.identity.name for k, j in dict(self.state.waiting).items()}
+        waiting.update({k: str(b.folder) for k, b in dict(self.state.waiting_drops).items()})
+        return status_text(running, waiting, dict(self.state.progress))
+
+    def _update_status(self) -> None:
+        text = self._status()
+        with self._status_lock:
+            if text == self._last_status:
+                return
+            self._last_status = text
+        self.notifier.status(text)
+
+    # -- event handling (main thread only) --
+
+    def handle(self, event: object) -> None:
+        if isinstance(event, MountAppeared):
+            self.on_mount_appeared(event)
+        elif isinstance(event, MountGone):
+            self.on_mount_gone(event)
+        elif isinstance(event, BlockDeviceAdded):
+            self.on_block_device_added(event)
+        elif isinstance(event, BlockDeviceRemoved):
+            self.on_block_device_removed(event)
+        elif isinstance(event, DropBatchSettled):
+            self.on_drop_batch(event)
+        elif isinstance(event, DropFileSettled):
+            self.on_drop_batch(DropBatchSettled(event.folder, (event.path,)))
+        elif isinstance(event, JobFinished):
+            self.on_job_finished(event)
+        elif isinstance(event, ReloadRequested):
+            self.on_reload()
+
+    def on_mount_appeared(self, event: MountAppeared) -> None:
+        mp = event.mount_point
+        fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source)
+        ident = identify.CardIdentity(fs_uuid=fs_uuid, label=label)
+        dcim = identify.has_dcim(mp)
+        roots = identify.find_storage_roots(mp, self.config.storage.search_depth)
+        kind, job, reason = policy.plan_card_job(
+            config=self.config,
+            mount_point=mp,
+            mount_source=event.mount_source,
+            device_number=event.device,
+            identity=ident,
+            has_dcim=dcim,
+            storage_roots=roots,
+            busy_keys=set(self.state.jobs) | set(self.state.waiting),
+        )
+        record = MountRecord(event=event, kind=kind, key=job.key if job else None, storage_roots=roots)
+        self.state.mounts[mp] = record
+        if kind == "ignore":
+            if dcim:
+                log.info("card_ignored", mount_point=str(mp), label=label, card_uuid=fs_uuid, reason=reason)
+            else:
+                log.debug("mount_ignored", mount_point=str(mp), fstype=event.fstype)
+            return
+        if kind == "archive":
+            log.info("archive_mounted", mount_point=str(mp), storage_roots=[str(r) for r in roots])
+            self._start_reindex(mp, roots)
+            self._retry_waiting("archive_mounted")
+            return
+        log.info(
+            "card_mounted", mount_point=str(mp), label=label, card_uuid=fs_uuid,
+            device=event.mount_source, fstype=fstype or event.fstype, has_dcim=dcim,
+        )
+        if job is None:
+            log.info("card_job_not_started", mount_point=str(mp), label=label, reason=reason)
+            return
+        self._start_card_job(job)
+
+    def on_mount_gone(self, event: MountGone) -> None:
+        record = self.state.mounts.pop(event.mount_point, None)
+        if record is None:
+            return
+        if record.kind == "card":
+            log.info("card_unmounted", mount_point=str(event.mount_point))
+            for key, waiting in list(self.state.waiting.items()):
+                if waiting.mount_point == event.mount_point:
+                    del self.state.waiting[key]
+                    log.info("card_wait_abandoned", label=waiting.identity.label, reason="card removed")
+            for job in self.state.jobs.values():
+                if job.kind == "card" and job.mount_point == event.mount_point:
+                    # The card is gone: stop now rather than waiting for read errors; the
+                    # session stays failed and resumable until the card returns.
+                    log.warning("card_removed_during_import", job=job.key, name=job.name)
+                    job.cancel.set()
+        elif record.kind == "archive":
+            log.info("archive_unmounted", mount_point=str(event.mount_point))
+
+    def on_block_device_added(self, event: BlockDeviceAdded) -> None:
+        log.info(
+            "block_device_added", device=event.device, label=event.label, card_uuid=event.fs_uuid,
+            fstype=event.fstype, removable=event.removable,
+        )
+        if not (self.config.daemon.automount and event.removable):
+            return
+        if any(r.event.mount_source == event.device for r in self.state.mounts.values()):
+            return  # mounted already (by the desktop, or by hand)
+        from imalinkd.daemon import udev
+
+        target = udev.automount_dir(self.config.daemon.state_dir / "media", event.label, event.fs_uuid, event.device)
+        try:
+            udev.mount_readonly(event.device, target)
+        except (OSError, subprocess.SubprocessError) as e:
+            log.error("automount_failed", device=event.device, target=str(target), error=str(e))
+            return
+        self.state.automounted[event.device] = target
+        log.info("card_automounted", device=event.device, mount_point=str(target))
+        # The mount table source reports the new mount; the card is examined from there.
+
+    def on_block_device_removed(self, event: BlockDeviceRemoved) -> None:
+        log.info("block_device_removed", device=event.device)
+        if event.device in self.state.automounted:
+            self._unmount_automounted(event.device)
+
+    def on_drop_batch(self, event: DropBatchSettled) -> None:
+        drop = policy.drop_policy_for(self.config, event.folder)
+        if drop is None:
+            log.info("drop_batch_ignored", folder=str(event.folder), reason="folder no longer configured")
+            return
+        key = policy.drop_job_key(event.folder)
+        log.info("drop_batch_settled", folder=str(event.folder), files=len(event.paths))
+        if key in self.state.jobs:
+            old = self.state.pending_drops.get(key)
+            paths = tuple(sorted(set(event.paths) | set(old.paths if old else ())))
+            self.state.pending_drops[key] = DropBatchSettled(event.folder, paths)
+            log.info("drop_batch_queued", folder=str(event.folder), files=len(paths))
+            return
+        waited = self.state.waiting_drops.pop(key, None)
+        if waited is not None:
+            event = DropBatchSettled(event.folder, tuple(sorted(set(event.paths) | set(waited.paths))))
+        self._start_job(
+            Job(key=key, name=f"drop folder {event.folder}", kind="drop_folder", cancel=threading.Event(), batch=event),
+            lambda job: self._run_drop_job(job, drop, event),
+        )
+
+    def on_job_finished(self, event: JobFinished) -> None:
+        job = self.state.jobs.pop(event.key, None)
+        self.state.progress.pop(event.key, None)
+        log.info("job_finished", job=event.key, outcome=event.outcome, session_id=event.session_uuid)
+        if job is None:
+            return
+        if job.kind == "card" and job.card is not None:
+            card = job.card
+            if event.outcome == "waiting_for_storage" and not self.stopping.is_set():
+                if card.mount_point in self.state.mounts:
+                    self.state.waiting[card.key] = card
+                    log.warning("card_waiting_for_archive", label=card.identity.label, card_uuid=card.identity.fs_uuid)
+            action = after_import_action(card.policy.after_import, event.outcome)
+            if action:
+                self._after_import(card, action)
+        if job.kind == "drop_folder":
+            if event.outcome == "waiting_for_storage" and job.batch is not None:
+                self.state.waiting_drops[job.key] = job.batch
+            pending = self.state.pending_drops.pop(event.key, None)
+            if pending is not None and not self.stopping.is_set():
+                self.on_drop_batch(pending)
+
+    def on_reload(self) -> None:
+        self.notifier.reloading()
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("config_reload_refused", error=str(e), kept=self.config.source)
+            self.notifier.notify("READY=1", f"STATUS=config reload refused: {e}")
+            return
+        old = self.config
+        self.config = new
+        log.info("config_reloaded", config=new.source)
+        if new.drop_folders != old.drop_folders:
+            if self.drop_source is not None:
+                self.drop_source.stop()
+                self.drop_source = None
+            self._start_drop_source()
+        self.notifier.notify("READY=1")
+        self._retry_waiting("config_reloaded")
+
+    # -- jobs --
+
+    def _start_job(self, job: Job, body: Callable[[Job], JobFinished]) -> None:
+        def run() -> None:
+            structlog.contextvars.clear_contextvars()
+            try:
+                finished = body(job)
+            except BaseException as e:  # the error boundary: one line, traceback at debug
+                log.error("job_failed", job=job.key, name=job.name, error=f"{type(e).__name__}: {e}")
+                log.debug("job_failed_traceback", job=job.key, exc_info=True)
+                finished = JobFinished(job.key, "failed")
+            self.events.put(finished)
+
+        job.thread = threading.Thread(target=run, name=f"job {job.name}", daemon=True)
+        self.state.jobs[job.key] = job
+        log.info("job_started", job=job.key, name=job.name, kind=job.kind)
+        job.thread.start()
+
+    def _start_card_job(self, card: CardJob) -> None:
+        job = Job(
+            key=card.key, name=f"card {card.identity.name}", kind="card", cancel=threading.Event(),
+            mount_point=card.mount_point, card=card,
+        )
+        self.state.waiting.pop(card.key, None)
+        self._start_job(job, lambda j: self._run_card_job(j, card, self.config))
+
+    def _retry_waiting(self, why: str) -> None:
+        for key, batch in list(self.state.waiting_drops.items()):
+            if key not in self.state.jobs:
+                del self.state.waiting_drops[key]
+                log.info("drop_retry", folder=str(batch.folder), reason=why)
+                self.on_drop_batch(batch)
+        for key, card in list(self.state.waiting.items()):
+            if key in self.state.jobs:
+                continue
+            if card.mount_point not in self.state.mounts:
+                del self.state.waiting[key]
+                continue
+            log.info("card_retry", label=card.identity.label, reason=why)
+            self._start_card_job(card)
+
+    def _progress(self, job: Job) -> Callable[..., None]:
+        last = [0.0]
+
+        def progress(*args: Any, **kwargs: Any) -> None:
+            now = time.monotonic()
+            if now - last[0] < 1.0:
+                return
+            last[0] = now
+            info = args[0] if args else kwargs
+            note = _progress_note(info)
+            if note:
+                self.state.progress[job.key] = note  # a plain dict assignment: atomic
+                self._update_status()
+
+        return progress
+
+    def _run_card_job(self, job: Job, card: CardJob, config: Config) -> JobFinished:
+        blog = log.bind(card_label=card.identity.label, card_uuid=card.identity.fs_uuid, mount_point=str(card.mount_point))
+        engine = _importer()
+        try:
+            resumable = None
+            finder = getattr(engine, "find_resumable_session", None)
+            if finder is not None and (card.identity.fs_uuid or card.identity.label):
+                resumable = finder(self.catalog, card.identity.fs_uuid, card.identity.label)
+            if resumable:
+                blog.info("card_resume_started", session_id=resumable)
+                result = _call(
+                    engine.resume_session, config, resumable, source=card.mount_point,
+                    cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
+                )
+            else:
+                blog.info("card_import_started", description=card.description)
+                info = engine.SourceInfo(
+                    kind="card", label=card.identity.label, fs_uuid=card.identity.fs_uuid, device=card.device,
+                )
+                result = _call(
+                    engine.import_source, config, card.mount_point, description=card.description,
+                    source_info=info, verify=card.policy.verify, include=card.policy.include,
+                    thumbnails=card.policy.thumbnails, cancel=job.cancel,
+                    progress=self._progress(job), catalog=self.catalog,
+                )
+        except (StorageNotFoundError, StorageNotMountedError) as e:
+            blog.warning("card_waiting_for_archive", reason=str(e))
+            return JobFinished(job.key, "waiting_for_storage")
+        except ImalinkError as e:
+            blog.error("card_import_failed", error=str(e))
+            return JobFinished(job.key, "cancelled" if job.cancel.is_set() else "failed")
+        outcome = outcome_of(result)
+        if outcome == "failed" and job.cancel.is_set():
+            outcome = "cancelled"
+        session = getattr(result, "session_uuid", None)
+        if outcome == "nothing_new":
+            blog.info(
+                "card_already_imported",
+                message=f"card {card.identity.name}: already imported; 0 new files",
+                duplicates_skipped=getattr(result, "duplicates_skipped", None),
+            )
+        else:
+            blog.info(
+                "card_import_finished", session_id=session, outcome=outcome,
+                copy_status=getattr(result, "copy_status", None), total_files=getattr(result, "total_files", None),
+                duplicates_skipped=getattr(result, "duplicates_skipped", None),
+                storage_path=str(getattr(result, "storage_path", "") or ""),
+            )
+        return JobFinished(job.key, outcome, session)
+
+    def _run_drop_job(self, job: Job, drop: Any, batch: DropBatchSettled) -> JobFinished:
+        blog = log.bind(folder=str(batch.folder))
+        engine = _importer()
+        info = engine.SourceInfo(kind="drop_folder", label=batch.folder.name, fs_uuid=None, device=None)
+        try:
+            result = _call(
+                engine.import_source, self.config, batch.folder, description=policy.drop_description(drop),
+                source_info=info, verify=drop.verify, include=drop.include, files=list(batch.paths),
+                cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
+                after_import=drop.after_import,
+            )
+        except (StorageNotFoundError, StorageNotMountedError) as e:
+            blog.warning("drop_waiting_for_archive", reason=str(e))
+            return JobFinished(job.key, "waiting_for_storage")
+        outcome = outcome_of(result)
+        blog.info(
+            "drop_import_finished", session_id=getattr(result, "session_uuid", None), outcome=outcome,
+            total_files=getattr(result, "total_files", None),
+        )
+        return JobFinished(job.key, outcome, getattr(result, "session_uuid", None))
+
+    def _start_reindex(self, mount_point: Path, roots: tuple[Path, ...]) -> None:
+        key = f"reindex:{mount_point}"
+        if key in self.state.jobs:
+            return
+
+        def body(job: Job) -> JobFinished:
+            try:
+                from imalinkd.reindex import reindex_path
+            except ImportError:
+                log.warning("reindex_unavailable", mount_point=str(mount_point), reason="imalinkd.reindex is not installed")
+                return JobFinished(job.key, "failed")
+            for root in roots:
+                if job.cancel.is_set():
+                    return JobFinished(job.key, "cancelled")
+                result = reindex_path(self.config, self.catalog, root)
+                log.info("archive_reindexed", storage_root=str(root), result=_short(result))
+            return JobFinished(job.key, "completed")
+
+        self._start_job(Job(key=key, name=f"reindex {mount_point}", kind="reindex", cancel=threading.Event(), mount_point=mount_point), body)
+
+    # -- after import --
+
+    def _after_import(self, card: CardJob, action: str) -> None:
+        mp = card.mount_point
+        device = card.device
+        log.info("card_after_import", action=action, mount_point=str(mp), device=device)
+        if device in self.state.automounted:
+            self._unmount_automounted(device)
+        else:
+            proc = subprocess.run(["umount", str(mp)], capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.warning("card_unmount_failed", mount_point=str(mp), error=proc.stderr.strip())
+                return
+        if action == "power-off":
+            tool = shutil.which("udisksctl")
+            if tool is None:
+                log.warning("card_power_off_unsupported", device=device, reason="udisksctl not found; card unmounted only")
+                return
+            proc = subprocess.run([tool, "power-off", "-b", device], capture_output=True, text=True)
+            if proc.returncode != 0:
+                log.warning("card_power_off_failed", device=device, error=proc.stderr.strip())
+
+    def _unmount_automounted(self, device: str) -> None:
+        from imalinkd.daemon import udev
+
+        target = self.state.automounted.pop(device, None)
+        if target is not None:
+            udev.unmount(target)
+            log.info("card_auto_unmounted", device=device, mount_point=str(target))
+
+
+def _progress_note(info: Any) -> str:
+    """A short "12/340 files" note from whatever the engine's progress callback passes."""
+    get = info.get if isinstance(info, dict) else lambda k, d=None: getattr(info, k, d)
+    done = get("files_done", None) or get("done", None) or get("copied_files", None)
+    total = get("files_total", None) or get("total", None) or get("total_files", None)
+    if done is not None and total:
+        return f"{done}/{total} files"
+    return ""
+
+
+def _short(result: Any) -> Any:
+    if result is None or isinstance(result, (str, int, float, bool)):
+        return result
+    as_json = getattr(result, "as_json", None)
+    if callable(as_json):
+        try:
+            return as_json()
+        except Exception:
+            pass
+    return str(result)[:200]
+
+
+def run_daemon(config_path: str | None) -> int:
+    """Entry point of ``imalinkd run``. Returns the exit code: 0 after a clean stop, 2 for a
+    bad config, 1 when the daemon could not start (catalog, event sources)."""
+    try:
+        config = load_config(config_path)
+    except ConfigError as e:
+        print(f"imalinkd: {e}", file=sys.stderr)
+        return e.exit_code
+    try:
+        from imalinkd.logsetup import configure_logging
+
+        configure_logging(config.daemon.log_level, json=True)
+    except ImportError:
+        pass
+    return Daemon(config, config_path).run()
