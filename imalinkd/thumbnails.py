@@ -40,6 +40,7 @@ _TRANSPOSE = {
     7: Image.Transpose.TRANSVERSE,
     8: Image.Transpose.ROTATE_90,
 }
+_UNDO = {**_TRANSPOSE, 6: Image.Transpose.ROTATE_90, 8: Image.Transpose.ROTATE_270}
 
 
 @dataclass(frozen=True)
@@ -74,13 +75,13 @@ def make_thumbnail(
     is given). Missing parent directories of ``dest`` are created.
     """
     src, dest = Path(src), Path(dest)
+    if size < 1:
+        return ThumbnailResult(False, reason=f"invalid thumbnail size {size}")
     try:
-        with _open_source(src) as (image, source, file_orientation):
-            if orientation not in _TRANSPOSE and orientation != 1:
-                orientation = file_orientation
-            thumb = _shrink(image, size)
-        if orientation in _TRANSPOSE:
-            thumb = thumb.transpose(_TRANSPOSE[orientation])
+        with _open_source(src) as (image, source, recorded):
+            thumb, applied = _shrink(image, size)
+        wanted = orientation if orientation in range(1, 9) else recorded
+        thumb = _reorient(thumb, applied, wanted)
         _write_jpeg_atomically(thumb, dest)
         return ThumbnailResult(True, dest, thumb.width, thumb.height, source)
     except _Refused as exc:
@@ -132,18 +133,34 @@ def _open_image(fp: Path | io.BytesIO, src: Path) -> Image.Image:
     return image
 
 
-def _shrink(image: Image.Image, size: int) -> Image.Image:
+def _shrink(image: Image.Image, size: int) -> tuple[Image.Image, int | None]:
     """Decode ``image`` at the smallest scale that still covers ``size``, then resample.
-    The first frame of a multi-page TIFF is the one that is used."""
+    The first frame of a multi-page TIFF is the one that is used.
+
+    Also returns the EXIF orientation Pillow already applied while loading (recent Pillow
+    does that for TIFF, and drops the tag), so that it is not applied twice.
+    """
+    before = image.getexif().get(0x0112)
     if image.format == "JPEG":
         image.draft("RGB", (size, size))  # DCT scaling: decodes 1/2, 1/4 or 1/8 of it
     image.load()
+    after = image.getexif().get(0x0112)
+    applied = before if before in _TRANSPOSE and after != before else None
     factor = max(image.size) // (2 * size)  # leave LANCZOS at least 2x to work with
     if factor > 1:
         image = image.reduce(factor)
     image = _to_rgb(image)
     image.thumbnail((size, size), Image.Resampling.LANCZOS)
-    return image
+    return image, applied
+
+
+def _reorient(image: Image.Image, applied: int | None, wanted: int | None) -> Image.Image:
+    """Turn ``image``, already turned for orientation ``applied``, to show ``wanted``."""
+    if applied == wanted or (applied is None and wanted not in _TRANSPOSE):
+        return image
+    if applied is not None:
+        image = image.transpose(_UNDO[applied])
+    return image.transpose(_TRANSPOSE[wanted]) if wanted in _TRANSPOSE else image
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
