@@ -1,0 +1,735 @@
+"""Reindexing: reconcile the catalog with what the archive drives say.
+
+The drive is the truth and the catalog a cache (DESIGN §1). Reindexing is three steps:
+
+1. *read the drive* (:func:`read_drive`): the marker, every session directory's manifest,
+   and the size of every regular file below each ``files/``: one ``lstat`` per file, no
+   hashing, no symlink followed. Whatever is hostile or damaged is rejected by name and
+   the rest is read;
+2. *plan* (:func:`plan_reindex`): a pure diff between those values and the catalog's state
+   for this root, giving a :class:`ReindexPlan`;
+3. *apply* (:func:`apply_plan`): one transaction with bulk inserts.
+
+Reindexing never writes to the drive. A catalog deleted outright is rebuilt from the
+drives: the same sessions, images, photos, skipped files and counts.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Iterable, Mapping
+
+import structlog
+from sqlalchemy import insert, or_, select, update
+from sqlalchemy.exc import IntegrityError
+
+from imalinkd import durable, manifest as mf, storage
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
+from imalinkd.errors import ManifestError
+from imalinkd.locate import discover_roots, root_health
+
+log = structlog.get_logger(__name__)
+
+# Extensions that a second suffix may carry (``IMG_1.CR3.xmp``): the shot's stem is the
+# name without both.
+_MEDIA_SUFFIXES = {
+    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
+    ".pef", ".dng", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".jpg", ".jpeg", ".heic", ".heif",
+    ".hif", ".tif", ".tiff", ".mp4", ".mov", ".mts", ".png",
+}
+_KIND_ORDER = {".jpg": 0, ".jpeg": 0, ".heic": 1, ".heif": 1, ".hif": 1, ".tif": 2, ".tiff": 2}
+_PHOTO_FIELDS = ("taken_at", "camera_make", "camera_model", "camera_serial", "lens_model", "orientation", "width", "height")
+
+
+# --- values read from a drive ----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DriveSession:
+    """One readable session directory on a root."""
+
+    dir_name: str
+    manifest: mf.SessionManifest
+    on_disk: Mapping[str, int]  # path below files/ → size, regular files only (no partials)
+
+
+@dataclass(frozen=True)
+class DriveState:
+    """What one storage root holds. ``present_dirs`` has every session directory name seen
+    there, including those whose manifest was rejected (they are not *missing*)."""
+
+    storage_id: str
+    label: str
+    sessions: tuple[DriveSession, ...]
+    present_dirs: frozenset[str]
+    present_uuid8: frozenset[str] = frozenset()
+
+
+# --- values read from the catalog ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CatalogCopy:
+    id: int
+    storage_id: str
+    dir_name: str
+    missing: bool
+
+
+@dataclass(frozen=True)
+class CatalogSession:
+    id: int
+    uuid: str
+    storage_id: str | None
+    dir_name: str | None
+    missing: bool
+    copy_files: bool = True
+    copies: tuple[CatalogCopy, ...] = ()
+    images: Mapping[str, tuple[int, int, bool]] = field(default_factory=dict)  # rel → (id, size, flagged)
+
+
+@dataclass(frozen=True)
+class CatalogState:
+    sessions: Mapping[str, CatalogSession]  # by session UUID
+
+
+# --- the plan ---------------------------------------------------------------------------------
+
+
+@dataclass
+class NewSession:
+    """A session to add, as rows ready for bulk insert (foreign keys by position)."""
+
+    session: dict[str, Any]
+    photos: list[dict[str, Any]]
+    images: list[tuple[int | None, dict[str, Any]]]  # (index into photos, row)
+    skipped: list[dict[str, Any]]
+    copy: dict[str, Any]  # the SessionCopy where it was seen
+    note: str | None = None
+
+
+@dataclass
+class ReindexPlan:
+    storage_id: str
+    new_sessions: list[NewSession] = field(default_factory=list)
+    new_copies: list[dict[str, Any]] = field(default_factory=list)  # session_id, storage_id, storage_directory_name
+    copies_seen: list[int] = field(default_factory=list)
+    copies_missing: list[int] = field(default_factory=list)
+    copies_renamed: list[tuple[int, str]] = field(default_factory=list)
+    sessions_missing: list[int] = field(default_factory=list)
+    sessions_back: list[int] = field(default_factory=list)
+    sessions_renamed: list[tuple[int, str]] = field(default_factory=list)
+    size_flags: list[tuple[int, bool]] = field(default_factory=list)  # image id → mismatch now
+    replicas: list[str] = field(default_factory=list)  # session UUIDs seen here as a replica
+    notes: list[tuple[str, str]] = field(default_factory=list)  # (dir name, note)
+
+    @property
+    def is_empty(self) -> bool:
+        return not (self.new_sessions or self.new_copies or self.copies_missing or self.copies_renamed
+                    or self.sessions_missing or self.sessions_back or self.sessions_renamed or self.size_flags)
+
+
+def shot_key(files_relative: str) -> str:
+    """The Photo a file belongs to: its directory and stem, the stem compared without case
+    (``DCIM/100CANON/IMG_1.CR3``, ``…/img_1.jpg`` and ``…/IMG_1.CR3.xmp`` are one shot)."""
+    d, _, name = files_relative.rpartition("/")
+    stem, ext = os.path.splitext(name)
+    inner, inner_ext = os.path.splitext(stem)
+    if inner and inner_ext.lower() in _MEDIA_SUFFIXES and ext:
+        stem = inner
+    stem = stem or name
+    return f"{d}/{stem.lower()}" if d else stem.lower()
+
+
+def _photo_row(entries: list[mf.FileEntry], key: str) -> dict[str, Any]:
+    row: dict[str, Any] = {"key": key, **{k: None for k in _PHOTO_FIELDS}, "gps_lat": None, "gps_lon": None, "gps_alt": None}
+    ordered = sorted(entries, key=lambda e: _KIND_ORDER.get(os.path.splitext(e.storage_path)[1].lower(), 3))
+    for e in ordered:
+        media = e.media or {}
+        for k in _PHOTO_FIELDS:
+            v = media.get(k)
+            if row[k] is None and v is not None:
+                if k in ("orientation", "width", "height"):
+                    row[k] = v if isinstance(v, int) and not isinstance(v, bool) else None
+                else:
+                    row[k] = str(v)[:40] if k == "taken_at" else str(v)
+        gps = media.get("gps")
+        if isinstance(gps, dict) and row["gps_lat"] is None:
+            for k in ("lat", "lon", "alt"):
+                v = gps.get(k)
+                row[f"gps_{k}"] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    return row
+
+
+def _ts(text: str | None) -> datetime | None:
+    try:
+        return storage.parse_iso(text)
+    except (ValueError, TypeError):
+        return None
+
+
+def _valid_uuid(text: str | None) -> str | None:
+    import uuid
+
+    try:
+        return str(uuid.UUID(str(text)))
+    except ValueError:
+        return None
+
+
+def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
+    m = ds.manifest
+    groups: dict[str, list[mf.FileEntry]] = defaultdict(list)
+    for e in m.file_manifest:
+        groups[shot_key(e.files_relative)].append(e)
+    photos: list[dict[str, Any]] = []
+    index: dict[str, int] = {}
+    for key, entries in groups.items():
+        index[key] = len(photos)
+        photos.append(_photo_row(entries, key))
+    images = []
+    for e in m.file_manifest:
+        rel = e.files_relative
+        on_disk = ds.on_disk.get(rel)
+        images.append((index[shot_key(rel)], {
+            "storage_relative_path": rel,
+            "original_import_path": e.original_path,
+            "file_size": e.file_size,
+            "sha256": e.sha256,
+            "mtime": e.mtime,
+            "copied_at": _ts(e.copied_at),
+            "media_json": json.dumps(e.media, sort_keys=True) if e.media else None,
+            "media_error": e.media_error,
+            # a legacy session's files are not on the drive: nothing to compare
+            "size_mismatch": bool(m.copy_files) and on_disk != e.file_size,
+        }))
+    skipped = [{
+        "original_path": s.original_path, "reason": s.reason, "file_size": s.file_size,
+        "sha256": s.sha256, "duplicate_of": s.duplicate_of,
+    } for s in m.skipped]
+    status, error, note = m.copy_status, m.error, None
+    if status in ("in_progress", "not_started") and m.file_manifest or status == "in_progress":
+        listed = {e.files_relative for e in m.file_manifest}
+        extra = sum(1 for rel in ds.on_disk if rel not in listed)
+        status = "failed"
+        note = (f"left {m.copy_status} with no importer: {len(listed)} files in its manifest"
+                + (f", {extra} more committed files on disk not yet in it" if extra else "")
+                + "; marked failed, resumable")
+        error = error or f"interrupted import found by reindex ({note}); run 'imalinkd resume' to finish it"
+    total_size = m.total_size_bytes
+    created = _ts(m.created_at) or _ts(m.copy_started_at) or storage.utcnow()
+    session = {
+        "storage_uuid": m.import_session_id,
+        "storage_id": home,
+        "storage_directory_name": ds.dir_name,
+        "description": m.description,
+        "created_at": created,
+        "copy_status": status,
+        "copy_started_at": _ts(m.copy_started_at),
+        "copy_completed_at": _ts(m.copy_completed_at),
+        "storage_size_mb": total_size // (1024 * 1024),
+        "original_source_path": m.source_path or None,
+        "source_kind": _str(m.source.get("kind"), 20),
+        "source_label": _str(m.source.get("label")),
+        "source_fs_uuid": _str(m.source.get("fs_uuid"), 64),
+        "source_device": _str(m.source.get("device")),
+        "verification": _str(m.verification, 16),
+        "copy_files": bool(m.copy_files),
+        "total_files": m.total_files,
+        "total_size_bytes": total_size,
+        "photos_created": m.photos_created if m.copy_status == "completed" and m.photos_created else len(photos),
+        "duplicates_skipped": m.duplicates_skipped,
+        "skipped_count": len(m.skipped) - m.duplicates_skipped,
+        "planned_files": m.total_files,
+        "planned_bytes": total_size,
+        "error": error,
+        "missing": False,
+    }
+    copy = {"storage_id": drive.storage_id, "storage_directory_name": ds.dir_name, "missing": False}
+    return NewSession(session, photos, images, skipped, copy, note)
+
+
+def _str(v: Any, limit: int | None = None) -> str | None:
+    if v is None:
+        return None
+    s = str(v)
+    return s[:limit] if limit else s
+
+
+def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
+    """The changes that make the catalog agree with ``drive``. Pure: plain values in, a
+    plan out; nothing is read or written.
+
+    - a session on the drive that the catalog lacks is added with its images, photos,
+      skipped files and counts from its manifest (an ``in_progress`` one as ``failed``,
+      since no importer is writing it: it is resumable);
+    - a session the catalog has under another storage_id is a replica: a new SessionCopy;
+    - a catalogued copy on this root whose directory is gone is marked missing (the session
+      itself when it is its home), and un-marked when it is back;
+    - an image of a session at home here whose file size on disk is not the recorded one
+      (or whose file is gone) is flagged, and un-flagged when it matches again.
+    """
+    plan = ReindexPlan(drive.storage_id)
+    on_drive: dict[str, DriveSession] = {ds.manifest.import_session_id: ds for ds in drive.sessions}
+    for uuid_, ds in on_drive.items():
+        cs = catalog.sessions.get(uuid_)
+        if cs is None:
+            home = _valid_uuid(ds.manifest.storage_id) or drive.storage_id
+            new = _new_session(drive, ds, home)
+            plan.new_sessions.append(new)
+            if home != drive.storage_id:
+                plan.replicas.append(uuid_)
+            if new.note:
+                plan.notes.append((ds.dir_name, new.note))
+            continue
+        is_home = cs.storage_id == drive.storage_id
+        copy = next((c for c in cs.copies if c.storage_id == drive.storage_id), None)
+        if copy is None:
+            plan.new_copies.append({"session_id": cs.id, "storage_id": drive.storage_id,
+                                    "storage_directory_name": ds.dir_name, "missing": False})
+            if not is_home:
+                plan.replicas.append(uuid_)
+        else:
+            plan.copies_seen.append(copy.id)
+            if copy.dir_name != ds.dir_name:
+                plan.copies_renamed.append((copy.id, ds.dir_name))
+        if is_home:
+            if cs.missing:
+                plan.sessions_back.append(cs.id)
+            if cs.dir_name != ds.dir_name:
+                plan.sessions_renamed.append((cs.id, ds.dir_name))
+            if cs.copy_files:
+                for rel, (image_id, size, flagged) in cs.images.items():
+                    mismatch = ds.on_disk.get(rel) != size
+                    if mismatch != flagged:
+                        plan.size_flags.append((image_id, mismatch))
+
+    def present(dir_name: str | None, uuid_: str) -> bool:
+        # a directory whose manifest was rejected is still there: not missing
+        return uuid_ in on_drive or (dir_name in drive.present_dirs) or uuid_.replace("-", "")[:8] in drive.present_uuid8
+
+    for uuid_, cs in catalog.sessions.items():
+        if uuid_ in on_drive:
+            continue
+        if cs.storage_id == drive.storage_id and not present(cs.dir_name, uuid_):
+            if not cs.missing:
+                plan.sessions_missing.append(cs.id)
+        for c in cs.copies:
+            if c.storage_id == drive.storage_id and not c.missing and not present(c.dir_name, uuid_):
+                plan.copies_missing.append(c.id)
+    return plan
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+@dataclass
+class RootReport:
+    path: str
+    storage_id: str
+    label: str
+    sessions_on_drive: int = 0
+    sessions_added: int = 0
+    images_added: int = 0
+    photos_added: int = 0
+    replicas: int = 0
+    sessions_missing: int = 0
+    sessions_back: int = 0
+    size_mismatches: int = 0
+    notes: list[tuple[str, str]] = field(default_factory=list)
+    verified_files: int = 0
+    health: dict[str, Any] = field(default_factory=dict)
+
+    def as_json(self) -> dict[str, Any]:
+        d = {k: v for k, v in self.__dict__.items() if k != "notes"}
+        d["notes"] = [{"session": n, "note": t} for n, t in self.notes]
+        return d
+
+
+@dataclass
+class ReindexReport:
+    """What a reindex did. ``rejected`` lists every item refused, as ``(path, reason)``;
+    ``damaged`` (with ``verify``) the files whose bytes no longer match their sha256."""
+
+    roots: list[RootReport] = field(default_factory=list)
+    rejected: list[tuple[str, str]] = field(default_factory=list)
+    damaged: list[tuple[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.rejected and not self.damaged
+
+    def merge(self, other: "ReindexReport") -> None:
+        self.roots += other.roots
+        self.rejected += other.rejected
+        self.damaged += other.damaged
+
+    def as_json(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "roots": [r.as_json() for r in self.roots],
+            "rejected": [{"path": p, "reason": r} for p, r in self.rejected],
+            "damaged": [{"path": p, "reason": r} for p, r in self.damaged],
+            "seconds": round(self.seconds, 3),
+        }
+
+
+# --- reading a drive --------------------------------------------------------------------------
+
+
+def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
+    """Sizes of the regular files below ``files_dir`` by relative path, never following a
+    symlink, and the symlinks met (relative paths)."""
+    sizes: dict[str, int] = {}
+    links: list[str] = []
+    stack = [("", files_dir)]
+    while stack:
+        rel_dir, path = stack.pop()
+        try:
+            it = os.scandir(path)
+        except OSError:
+            continue
+        with it:
+            for e in it:
+                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
+                try:
+                    if e.is_symlink():
+                        links.append(rel)
+                    elif e.is_dir(follow_symlinks=False):
+                        stack.append((rel, e.path))
+                    elif e.is_file(follow_symlinks=False) and not durable.is_partial_name(e.name):
+                        sizes[rel] = e.stat(follow_symlinks=False).st_size
+                except OSError:
+                    continue
+    return sizes, links
+
+
+def read_drive(root: str, marker: storage.Marker) -> tuple[DriveState, list[tuple[str, str]]]:
+    """Read every session directory of the root at ``root``. Returns the drive's state and
+    the rejected items ``(path, reason)``. Nothing outside ``root`` is read."""
+    rejected: list[tuple[str, str]] = []
+    sessions: list[DriveSession] = []
+    present: set[str] = set()
+    uuid8: set[str] = set()
+    seen_uuids: dict[str, str] = {}
+    try:
+        entries = sorted(os.scandir(root), key=lambda e: e.name)
+    except OSError as e:
+        return DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, f"cannot list the storage root: {e.strerror}")]
+    for entry in entries:
+        if not storage.is_session_dir_name(entry.name):
+            continue
+        path = entry.path
+        if entry.is_symlink():
+            try:
+                target = os.readlink(path)
+            except OSError:
+                target = "?"
+            rejected.append((path, f"session directory is a symbolic link (to {target!r}); not followed"))
+            continue
+        if not entry.is_dir(follow_symlinks=False):
+            rejected.append((path, "has a session directory's name but is not a directory"))
+            continue
+        present.add(entry.name)
+        uuid8.add(entry.name[-8:])
+        try:
+            m = mf.read_manifest(path)
+        except ManifestError as e:
+            rejected.append((str(e.fields.get("path") or os.path.join(path, mf.FILENAME)), str(e)))
+            continue
+        except OSError as e:
+            rejected.append((os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}"))
+            continue
+        if m.import_session_id in seen_uuids:
+            rejected.append((path, f"holds session {m.import_session_id}, already read from {seen_uuids[m.import_session_id]} on this root"))
+            continue
+        seen_uuids[m.import_session_id] = path
+        files_dir = os.path.join(path, "files")
+        try:
+            fst = os.lstat(files_dir)
+        except FileNotFoundError:
+            fst = None
+        except OSError as e:
+            rejected.append((files_dir, f"cannot be read: {e.strerror}"))
+            continue
+        if fst is not None and stat.S_ISLNK(fst.st_mode):
+            rejected.append((files_dir, "files/ is a symbolic link; not followed"))
+            continue
+        on_disk: dict[str, int] = {}
+        if fst is not None and stat.S_ISDIR(fst.st_mode):
+            on_disk, _links = _walk_files(files_dir)
+        sessions.append(DriveSession(entry.name, m, on_disk))
+    return DriveState(marker.storage_id, marker.label, tuple(sessions), frozenset(present), frozenset(uuid8)), rejected
+
+
+# --- reading and writing the catalog ----------------------------------------------------------
+
+
+def _chunks(items: list, n: int = 500) -> Iterable[list]:
+    for i in range(0, len(items), n):
+        yield items[i:i + n]
+
+
+def load_catalog_state(s, drive: DriveState) -> CatalogState:
+    """The catalog's sessions that concern ``drive``: at home or copied there, or present
+    on it by UUID; with their copies, and images for the sessions at home here."""
+    ids: set[int] = set(s.scalars(select(ImportSession.id).where(ImportSession.storage_id == drive.storage_id)))
+    ids |= set(s.scalars(select(SessionCopy.session_id).where(SessionCopy.storage_id == drive.storage_id)))
+    uuids = [ds.manifest.import_session_id for ds in drive.sessions]
+    for chunk in _chunks(uuids):
+        ids |= set(s.scalars(select(ImportSession.id).where(ImportSession.storage_uuid.in_(chunk))))
+    if not ids:
+        return CatalogState({})
+    id_list = sorted(ids)
+    rows = []
+    copies: dict[int, list[CatalogCopy]] = defaultdict(list)
+    images: dict[int, dict[str, tuple[int, int, bool]]] = defaultdict(dict)
+    on_drive = set(uuids)
+    for chunk in _chunks(id_list):
+        rows += s.execute(select(ImportSession.id, ImportSession.storage_uuid, ImportSession.storage_id,
+                                 ImportSession.storage_directory_name, ImportSession.missing,
+                                 ImportSession.copy_files).where(ImportSession.id.in_(chunk))).all()
+        for c in s.execute(select(SessionCopy.id, SessionCopy.session_id, SessionCopy.storage_id,
+                                  SessionCopy.storage_directory_name, SessionCopy.missing).where(SessionCopy.session_id.in_(chunk))):
+            copies[c.session_id].append(CatalogCopy(c.id, c.storage_id, c.storage_directory_name, bool(c.missing)))
+    home_here = [r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive]
+    for chunk in _chunks(home_here):
+        for im in s.execute(select(Image.id, Image.session_id, Image.storage_relative_path, Image.file_size,
+                                   Image.size_mismatch).where(Image.session_id.in_(chunk))):
+            images[im.session_id][im.storage_relative_path] = (im.id, im.file_size, bool(im.size_mismatch))
+    return CatalogState({
+        r.storage_uuid: CatalogSession(r.id, r.storage_uuid, r.storage_id, r.storage_directory_name, bool(r.missing),
+                                       bool(r.copy_files), tuple(copies[r.id]), images.get(r.id, {}))
+        for r in rows
+    })
+
+
+def apply_plan(s, plan: ReindexPlan, now: datetime) -> None:
+    """Apply ``plan`` in the caller's transaction, with bulk inserts and updates."""
+    if plan.new_sessions:
+        ids = s.execute(insert(ImportSession).returning(ImportSession.id, sort_by_parameter_order=True),
+                        [n.session for n in plan.new_sessions]).scalars().all()
+        photo_rows, owners = [], []
+        for sid, n in zip(ids, plan.new_sessions):
+            for p in n.photos:
+                photo_rows.append({**p, "session_id": sid})
+            owners.append(sid)
+        photo_ids = s.execute(insert(Photo).returning(Photo.id, sort_by_parameter_order=True), photo_rows).scalars().all() if photo_rows else []
+        image_rows, skipped_rows, copy_rows = [], [], []
+        offset = 0
+        for sid, n in zip(ids, plan.new_sessions):
+            for idx, row in n.images:
+                image_rows.append({**row, "session_id": sid, "photo_id": photo_ids[offset + idx] if idx is not None else None})
+            offset += len(n.photos)
+            skipped_rows += [{**r, "session_id": sid} for r in n.skipped]
+            copy_rows.append({**n.copy, "session_id": sid, "last_seen_at": now})
+        for chunk in _chunks(image_rows, 20000):
+            s.execute(insert(Image), chunk)
+        if skipped_rows:
+            s.execute(insert(SkippedFile), skipped_rows)
+        s.execute(insert(SessionCopy), copy_rows)
+    if plan.new_copies:
+        s.execute(insert(SessionCopy), [{**c, "last_seen_at": now} for c in plan.new_copies])
+    for chunk in _chunks(plan.copies_seen):
+        s.execute(update(SessionCopy).where(SessionCopy.id.in_(chunk)).values(missing=False, last_seen_at=now))
+    for chunk in _chunks(plan.copies_missing):
+        s.execute(update(SessionCopy).where(SessionCopy.id.in_(chunk)).values(missing=True))
+    for cid, name in plan.copies_renamed:
+        s.execute(update(SessionCopy).where(SessionCopy.id == cid).values(storage_directory_name=name))
+    for chunk in _chunks(plan.sessions_missing):
+        s.execute(update(ImportSession).where(ImportSession.id.in_(chunk)).values(missing=True))
+    for chunk in _chunks(plan.sessions_back):
+        s.execute(update(ImportSession).where(ImportSession.id.in_(chunk)).values(missing=False))
+    for sid, name in plan.sessions_renamed:
+        s.execute(update(ImportSession).where(ImportSession.id == sid).values(storage_directory_name=name))
+    for flag in (True, False):
+        for chunk in _chunks([i for i, f in plan.size_flags if f is flag]):
+            s.execute(update(Image).where(Image.id.in_(chunk)).values(size_mismatch=flag))
+
+
+def _upsert_root(s, path: str, marker: storage.Marker, health: Mapping[str, Any], now: datetime, verified: bool) -> None:
+    row = s.scalar(select(StorageRoot).where(StorageRoot.storage_id == marker.storage_id))
+    if row is None:
+        row = StorageRoot(storage_id=marker.storage_id, first_seen_at=now)
+        s.add(row)
+    row.label = marker.label
+    row.last_seen_path = path
+    row.last_seen_at = now
+    row.free_bytes = health.get("free_bytes")
+    row.total_bytes = health.get("total_bytes")
+    if verified:
+        row.last_verified_at = now
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def _verify_drive(root: str, drive: DriveState) -> tuple[int, list[tuple[str, str]]]:
+    """Re-hash every file the manifests list, from disk (not the page cache)."""
+    checked, damaged = 0, []
+    for ds in drive.sessions:
+        if not ds.manifest.copy_files:
+            continue
+        for e in ds.manifest.file_manifest:
+            path = os.path.join(root, ds.dir_name, e.storage_path)
+            if ds.on_disk.get(e.files_relative) is None:
+                damaged.append((path, "missing"))
+                continue
+            try:
+                digest, size = durable.hash_from_disk(path)
+            except OSError as err:
+                damaged.append((path, f"cannot be read: {err.strerror or err}"))
+                continue
+            checked += 1
+            if size != e.file_size or digest != e.sha256:
+                damaged.append((path, f"sha256 {digest[:12]}… size {size}, manifest says {e.sha256[:12]}… size {e.file_size}"))
+    return checked, damaged
+
+
+def _same_dir(a: str, b: str) -> bool:
+    try:
+        sa, sb = os.stat(a), os.stat(b)
+    except OSError:
+        return False
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)
+
+
+def _claimed_elsewhere(catalog: Catalog, config, found: storage.FoundRoot) -> str | None:
+    """Another directory that holds a marker with the same storage_id right now: the
+    catalog's last-seen path or the configured root. Two live copies of one identity
+    cannot both be the archive."""
+    with catalog.session() as s:
+        last = s.scalar(select(StorageRoot.last_seen_path).where(StorageRoot.storage_id == found.marker.storage_id))
+    candidates = [last, os.fspath(config.storage_root) if config.storage_root else None]
+    for other in candidates:
+        if not other or _same_dir(other, found.path):
+            continue
+        try:
+            m = storage.read_marker(other)
+        except Exception:
+            continue
+        if m is not None and m.storage_id == found.marker.storage_id:
+            return other
+    return None
+
+
+def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool = False) -> ReindexReport:
+    """Reconcile one storage root (already found and its marker valid) with the catalog."""
+    report = ReindexReport()
+    drive, rejected = read_drive(found.path, found.marker)
+    report.rejected += rejected
+    rr = RootReport(found.path, found.marker.storage_id, found.marker.label, sessions_on_drive=len(drive.sessions))
+    if verify:
+        rr.verified_files, report.damaged = _verify_drive(found.path, drive)
+    rr.health = root_health(config, found.path)
+    for attempt in range(3):
+        try:
+            with catalog.session() as s:
+                now = storage.utcnow()
+                plan = plan_reindex(drive, load_catalog_state(s, drive))
+                apply_plan(s, plan, now)
+                _upsert_root(s, found.path, found.marker, rr.health, now, verify)
+            break
+        except IntegrityError:
+            # another process added the same session meanwhile: plan again against it
+            if attempt == 2:
+                raise
+    rr.sessions_added = len(plan.new_sessions)
+    rr.images_added = sum(len(n.images) for n in plan.new_sessions)
+    rr.photos_added = sum(len(n.photos) for n in plan.new_sessions)
+    rr.replicas = len(plan.replicas)
+    rr.sessions_missing = len(plan.sessions_missing)
+    rr.sessions_back = len(plan.sessions_back)
+    rr.size_mismatches = sum(1 for _, f in plan.size_flags if f) + sum(
+        1 for n in plan.new_sessions for _, row in n.images if row["size_mismatch"])
+    rr.notes = plan.notes
+    report.roots.append(rr)
+    log.info("reindex_root", path=found.path, storage_id=found.marker.storage_id, sessions=len(drive.sessions),
+             added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,
+             back=rr.sessions_back, replicas=rr.replicas, rejected=len(rejected))
+    for path, reason in rejected:
+        log.warning("reindex_rejected", path=path, reason=reason)
+    return report
+
+
+def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verify: bool) -> ReindexReport:
+    report = ReindexReport()
+    by_id: dict[str, list[storage.FoundRoot]] = defaultdict(list)
+    seen: set[tuple[int, int]] = set()
+    for f in found:
+        try:
+            st = os.stat(f.path)
+        except OSError:
+            continue
+        if (st.st_dev, st.st_ino) in seen:  # the same directory reached twice (bind mounts)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        by_id[f.marker.storage_id].append(f)
+    for sid, claimants in by_id.items():
+        if len(claimants) > 1:
+            names = ", ".join(os.path.join(c.path, storage.MARKER) for c in claimants)
+            for c in claimants:
+                report.rejected.append((os.path.join(c.path, storage.MARKER),
+                                        f"storage_id {sid} is claimed by more than one marker ({names}); none of them is indexed until only one remains"))
+            continue
+        f = claimants[0]
+        other = _claimed_elsewhere(catalog, config, f)
+        if other is not None:
+            report.rejected.append((os.path.join(f.path, storage.MARKER),
+                                    f"storage_id {sid} is already the archive at {other}, which is reachable too; not indexed"))
+            continue
+        report.merge(index_root(config, catalog, f, verify))
+    return report
+
+
+def reindex_path(config, catalog: Catalog, path: str, verify: bool = False) -> ReindexReport:
+    """Find the storage roots at ``path`` or up to ``[storage] search_depth`` below it and
+    reconcile each with the catalog. ``verify`` also re-hashes every file (slow).
+
+    Hostile or damaged items are in ``report.rejected`` by name; the rest is indexed. A
+    ``path`` holding no storage root is itself reported as rejected."""
+    t0 = time.monotonic()
+    path = os.path.abspath(os.fspath(path))
+    found, bad_markers = discover_roots(path, config.storage.search_depth)
+    report = ReindexReport(rejected=list(bad_markers))
+    if not found and not bad_markers:
+        report.rejected.append((path, f"no storage root here: no {storage.MARKER} marker at it or up to {config.storage.search_depth} levels below"))
+    report.merge(_index_found(config, catalog, found, verify))
+    report.seconds = time.monotonic() - t0
+    return report
+
+
+def reindex_all(config, catalog: Catalog, verify: bool = False) -> ReindexReport:
+    """Reindex every reachable storage root: the configured root, the catalog's last-seen
+    paths and every mounted file system."""
+    t0 = time.monotonic()
+    found: list[storage.FoundRoot] = []
+    rejected: list[tuple[str, str]] = []
+    bases: list[str] = []
+    if config.storage_root is not None:
+        bases.append(os.fspath(config.storage_root))
+    with catalog.session() as s:
+        bases += [p for p in s.scalars(select(StorageRoot.last_seen_path)) if p]
+    for base in bases:
+        try:
+            marker = storage.read_marker(base)
+        except Exception as e:
+            rejected.append((os.path.join(base, storage.MARKER), str(e)))
+            continue
+        if marker is not None:
+            found.append(storage.FoundRoot(base, marker))
+    for mount in storage.mount_points():
+        f, bad = discover_roots(mount, config.storage.search_depth)
+        found += f
+        rejected += bad
+    report = ReindexReport(rejected=sorted(set(rejected)))
+    report.merge(_index_found(config, catalog, found, verify))
+    report.seconds = time.monotonic() - t0
+    return report
