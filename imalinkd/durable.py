@@ -162,8 +162,17 @@ class Sink:
 
         ``link`` + ``unlink`` instead of ``rename`` so that an existing target is never
         replaced (EEXIST is raised instead)."""
-        os.link(self.temp, self.target)
-        os.unlink(self.temp)
+        try:
+            os.link(self.temp, self.target)
+            os.unlink(self.temp)
+        except OSError as e:
+            if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
+                raise
+            # File systems without hard links (FAT, exFAT): check, then rename. Only this
+            # process writes into its session directory, so the check cannot go stale.
+            if os.path.lexists(self.target):
+                raise FileExistsError(errno.EEXIST, "File exists", self.target) from None
+            os.rename(self.temp, self.target)
         fsync_dir(self.directory)
 
     def discard(self) -> None:
@@ -179,6 +188,10 @@ class Sink:
             pass
         except OSError:
             pass
+
+
+class SourceIOError(OSError):
+    """Reading the source failed (as opposed to writing a destination)."""
 
 
 @dataclass
@@ -209,7 +222,10 @@ def copy_to_sinks(
     while True:
         if cancel is not None and cancel.is_set():
             raise InterruptedError(errno.EINTR, "cancelled")
-        k = os.readv(src_fd, [buf])
+        try:
+            k = os.readv(src_fd, [buf])
+        except OSError as e:
+            raise SourceIOError(e.errno, e.strerror) from e
         if not k:
             break
         piece = view[:k]

@@ -122,7 +122,7 @@ def init_storage(root: str | os.PathLike[str], label: str | None = None) -> Mark
 
 def clean_description(text: str | None) -> str:
     """DESIGN §2: ``[^\\w\\-]`` → ``_``, at most 50 characters, ``session`` when empty."""
-    cleaned = re.sub(r"[^\w\-]", "_", text or "", flags=re.ASCII)[:50]
+    cleaned = re.sub(r"[^\w\-]", "_", text or "")[:50]
     return cleaned if cleaned.strip("_") else "session"
 
 
