@@ -8,7 +8,8 @@ pixels is refused before any pixel is decoded, so memory stays bounded by that l
 
 Guarantee: for anything a source file can contain, ``make_thumbnail`` returns a
 ``ThumbnailResult`` and does not raise; when it returns ``ok`` the thumbnail is complete
-under ``dest`` and survives power loss, and when it does not, ``dest`` is untouched.
+under ``dest`` and survives power loss (written through ``durable``), and when it does
+not, ``dest`` is untouched.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ import contextlib
 import io
 import mmap
 import os
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
 
-from imalinkd import media
+from imalinkd import durable, media
 
 JPEG_QUALITY = 85
 _PREVIEW_SCAN_LIMIT = 256 << 20  # a RAW file's embedded JPEGs sit well inside this
@@ -177,26 +177,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 def _write_jpeg_atomically(image: Image.Image, dest: Path) -> None:
-    """Temp file beside ``dest`` → fsync → ``os.replace`` → fsync of the directory: after
-    this returns the thumbnail and its name survive power loss; on failure the temp file
-    is removed and ``dest`` is as before."""
+    """Encode in memory (a thumbnail is tens of kilobytes) and hand the bytes to
+    ``durable.atomic_write_bytes``: after it returns, the thumbnail and its name survive
+    power loss; on failure ``dest`` is as before and no temp file is left."""
+    buffer = io.BytesIO()
+    image.save(buffer, "JPEG", quality=JPEG_QUALITY, optimize=True)
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, "JPEG", quality=JPEG_QUALITY, optimize=True)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
-    dir_fd = os.open(dest.parent, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable.atomic_write_bytes(dest, buffer.getvalue())
 
 
 # --- RAW previews --------------------------------------------------------------------------
