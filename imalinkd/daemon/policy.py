@@ -174,3 +174,28 @@ def plan_card_job(
         description=card_description(policy, identity, mount_point, now),
     )
     return kind, job, "card"
+
+
+def drop_files_to_delete(
+    batch: tuple[Path, ...],
+    folder: Path,
+    archived: dict[str, int],
+    duplicates: set[str],
+    current_size: dict[str, int | None],
+) -> list[Path]:
+    """Which files of a drop batch ``after_import = "delete"`` may remove: those the
+    session archived (verified; ``archived`` maps their relative path to the size that was
+    copied) or that were already archived (``duplicates``), and only while the file still
+    has the size that was archived. Anything else (skipped, unreadable, changed since) stays."""
+    out = []
+    for path in batch:
+        try:
+            rel = path.relative_to(folder).as_posix()
+        except ValueError:
+            continue
+        size = current_size.get(rel)
+        if size is None:
+            continue
+        if rel in duplicates or archived.get(rel) == size:
+            out.append(path)
+    return out

@@ -572,22 +572,54 @@ class Daemon:
         blog = log.bind(folder=str(batch.folder))
         engine = _importer()
         info = engine.SourceInfo(kind="drop_folder", label=batch.folder.name, fs_uuid=None, device=None)
+        rels = [p.relative_to(batch.folder).as_posix() for p in batch.paths]
         try:
             result = _call(
                 engine.import_source, self.config, batch.folder, description=policy.drop_description(drop),
-                source_info=info, verify=drop.verify, include=drop.include, files=list(batch.paths),
+                source_info=info, verify=drop.verify, include=drop.include, files=rels,
                 cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
-                after_import=drop.after_import,
             )
         except (StorageNotFoundError, StorageNotMountedError) as e:
             blog.warning("drop_waiting_for_archive", reason=str(e))
             return JobFinished(job.key, "waiting_for_storage")
         outcome = outcome_of(result)
+        session = getattr(result, "session_uuid", None)
         blog.info(
-            "drop_import_finished", session_id=getattr(result, "session_uuid", None), outcome=outcome,
+            "drop_import_finished", session_id=session, outcome=outcome,
             total_files=getattr(result, "total_files", None),
+            duplicates_skipped=getattr(result, "duplicates_skipped", None),
         )
-        return JobFinished(job.key, outcome, getattr(result, "session_uuid", None))
+        if drop.after_import == "delete" and outcome in ("completed", "nothing_new"):
+            self._delete_dropped(batch, result, blog)
+        return JobFinished(job.key, outcome, session)
+
+    def _delete_dropped(self, batch: DropBatchSettled, result: Any, blog: Any) -> None:
+        """after_import = "delete": remove what the (completed, verified) session holds."""
+        archived: dict[str, int] = {}
+        if getattr(result, "storage_path", None):
+            from imalinkd.manifest import read_manifest
+
+            try:
+                manifest = read_manifest(result.storage_path)
+            except ImalinkError as e:
+                blog.error("drop_delete_skipped", reason=str(e))
+                return
+            if manifest.copy_status != "completed":
+                return
+            archived = {e.original_path: e.file_size for e in manifest.file_manifest}
+        duplicates = {s.original_path for s in getattr(result, "skipped", []) if getattr(s, "duplicate_of", None)}
+        sizes: dict[str, int | None] = {}
+        for p in batch.paths:
+            try:
+                sizes[p.relative_to(batch.folder).as_posix()] = os.stat(p, follow_symlinks=False).st_size
+            except OSError:
+                pass
+        for path in policy.drop_files_to_delete(batch.paths, batch.folder, archived, duplicates, sizes):
+            try:
+                path.unlink()
+                blog.info("drop_file_deleted", path=str(path))
+            except OSError as e:
+                blog.warning("drop_file_delete_failed", path=str(path), error=e.strerror or str(e))
 
     def _start_reindex(self, mount_point: Path, roots: tuple[Path, ...]) -> None:
         key = f"reindex:{mount_point}"
