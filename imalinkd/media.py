@@ -12,8 +12,8 @@ coverage that chose this order):
 4. for MP4/MOV, a small parser of the ``mvhd`` and ``tkhd`` atoms (capture time in UTC,
    frame size); for AVCHD ``.MTS``, the ``MDPM`` block of the H.264 stream (local capture
    time with its offset);
-5. exiftool, only if it is on PATH, everything above left the capture time unknown, and
-   a reader failed on the file (or it is a video).
+5. exiftool, only if it is on PATH and everything above left the capture time unknown
+   (it knows maker-note dates, X3F, IIQ and more; it is never required).
 
 Guarantee: ``extract_media`` never raises for anything a file can contain. A reader that
 fails, a truncated or empty file, nonsense tag values: all end as fields left ``None`` and
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import functools
 import json
 import logging
 import mmap
@@ -33,6 +34,7 @@ import re
 import shutil
 import struct
 import subprocess
+import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from fractions import Fraction
@@ -44,10 +46,14 @@ import exiv2
 from PIL import Image
 
 # exiv2 writes warnings about odd files straight to stderr; the daemon reports problems
-# through MediaInfo.error instead. The XMP toolkit must be initialised once before any
-# thread uses it (the one part of libexiv2 that is not thread-safe).
+# through MediaInfo.error instead.
 exiv2.LogMsg.setLevel(exiv2.LogMsg.Level.mute)
 exiv2.XmpParser.initialize()
+# libexiv2's XMP toolkit is not thread-safe without a lock callback the Python binding
+# cannot pass: parsed concurrently, XMP silently comes back empty (seen in
+# test_concurrent_extraction_matches_sequential). Every use of exiv2 holds this lock; a
+# read takes milliseconds, so worker threads lose little by it.
+EXIV2_LOCK = threading.Lock()
 logging.getLogger("exifread").setLevel(logging.ERROR)  # "Possibly corrupted field …" noise
 
 RAW_EXTENSIONS = frozenset(
@@ -161,9 +167,9 @@ def _extract(path: Path) -> MediaInfo:
             continue
         for key, value in found.items():
             fields.setdefault(key, value)
-    # exiftool is slow to start (about 0.2 s): ask it only where the libraries have known
-    # gaps, i.e. when one of them failed on this file or for video.
-    if "taken_at" not in fields and (problems or kind == "video") and shutil.which("exiftool"):
+    # exiftool knows maker-note dates and formats the libraries do not; it is a separate
+    # process (about 0.2 s), so it is asked only about the few files still undated.
+    if "taken_at" not in fields and find_exiftool():
         try:
             for key, value in _read_exiftool(path).items():
                 fields.setdefault(key, value)
@@ -374,12 +380,18 @@ def _exiv2_value(datum: Any) -> Any:
 
 
 def _open_exiv2(path: Path) -> Any:
+    """Open and parse with exiv2; the caller holds ``EXIV2_LOCK`` while using the result."""
     image = exiv2.ImageFactory.open(str(path))
     image.readMetadata()
     return image
 
 
 def _read_exiv2(path: Path) -> dict[str, Any]:
+    with EXIV2_LOCK:
+        return _read_exiv2_locked(path)
+
+
+def _read_exiv2_locked(path: Path) -> dict[str, Any]:
     image = _open_exiv2(path)
     exif = image.exifData()
     tags: dict[str, Any] = {}
@@ -609,11 +621,17 @@ _EXIFTOOL_ARGS = (
 )
 
 
+@functools.lru_cache(maxsize=1)
+def find_exiftool() -> str | None:
+    """Path of the exiftool program, looked up once; None where it is not installed."""
+    return shutil.which("exiftool")
+
+
 def _read_exiftool(path: Path, timeout: float = 30.0) -> dict[str, Any]:
     """Last resort for formats the libraries do not read (X3F, IIQ, odd videos). Optional:
     only called when exiftool is on PATH."""
     done = subprocess.run(
-        ["exiftool", *_EXIFTOOL_ARGS, "--", str(path)],
+        [find_exiftool() or "exiftool", *_EXIFTOOL_ARGS, "--", str(path)],
         capture_output=True, timeout=timeout, check=False,
     )
     record = json.loads(done.stdout or b"[{}]")[0]

@@ -192,7 +192,7 @@ def _raw_preview(src: Path) -> bytes | None:
     """The largest JPEG preview embedded in a RAW file: exiv2's PreviewManager knows where
     each maker puts it; for files it cannot parse (CR3 on some builds, X3F, IIQ) the
     largest embedded JPEG found by scanning for JPEG headers."""
-    with contextlib.suppress(Exception):
+    with contextlib.suppress(Exception), media.EXIV2_LOCK:
         image = media._open_exiv2(src)
         manager = media.exiv2.PreviewManager(image)
         previews = [p for p in manager.getPreviewProperties() if p.mimeType_ == "image/jpeg"]

@@ -9,7 +9,6 @@ import tempfile
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from unittest import mock
 from pathlib import Path
 
 import pytest
@@ -22,6 +21,12 @@ from imalinkd.media import MediaInfo, extract_media, kind_of, media_from_manifes
 from media_factory import make_exif, write_fake_raw, write_jpeg, write_tiff
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
+
+
+@pytest.fixture(autouse=True)
+def without_exiftool(monkeypatch):
+    """exiftool is optional and slow to start: tests run without it unless they ask."""
+    monkeypatch.setattr(media, "find_exiftool", lambda: None)
 
 
 @pytest.fixture
@@ -181,6 +186,15 @@ def test_real_tiff_dimensions(samples):
     assert info.error == "EXIF has no capture time or camera"
 
 
+def test_exiftool_when_installed_dates_maker_note_only_files(samples, monkeypatch):
+    monkeypatch.undo()
+    if media.find_exiftool() is None:
+        pytest.skip("exiftool is not installed (it is optional)")
+    info = extract_media(samples / "jpg" / "Reconyx_HC500_Hyperfire.jpg")
+    assert info.taken_at == "2020-03-16T10:00:00"
+    assert info.error is None
+
+
 def test_every_sample_gives_a_result(samples):
     for path in sorted(samples.rglob("*")):
         if path.is_file():
@@ -265,8 +279,7 @@ def test_invalid_samples_never_raise(samples):
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=4096), suffix=st.sampled_from([".jpg", ".NEF", ".CR3", ".MOV", ".MTS", ".tif", ".HEIC"]))
 def test_arbitrary_bytes_never_raise(data, suffix):
-    # exiftool (when installed) is a separate process; these are about the in-process readers.
-    with tempfile.TemporaryDirectory() as tmp, mock.patch.object(media.shutil, "which", return_value=None):
+    with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / f"x{suffix}"
         for prefix in (b"", b"\xff\xd8\xff\xe1", b"II*\x00\x08\x00\x00\x00", b"\x00\x00\x00\x18ftypmp42"):
             path.write_bytes(prefix + data)
@@ -301,8 +314,7 @@ def test_quicktime_creation_time_is_utc(tmp_path, version):
     assert (info.width, info.height) == (1920, 1080)
 
 
-def test_video_without_exiftool_on_path(tmp_path, monkeypatch):
-    monkeypatch.setattr(media.shutil, "which", lambda name: None)
+def test_video_without_exiftool_on_path(tmp_path):
     (tmp_path / "a.mp4").write_bytes(quicktime(SECONDS_1904))
     assert extract_media(tmp_path / "a.mp4").taken_at == "2024-06-01T12:03:07+00:00"
     (tmp_path / "b.mp4").write_bytes(quicktime(0))

@@ -11,11 +11,18 @@ from pathlib import Path
 import pytest
 from PIL import Image, ImageChops, ImageStat
 
+from imalinkd import media
 from imalinkd.media import MediaInfo
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
 from media_factory import make_exif, marked_image, write_fake_raw, write_jpeg, write_tiff
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
+
+
+@pytest.fixture(autouse=True)
+def without_exiftool(monkeypatch):
+    """exiftool is optional and slow to start: tests run without it unless they ask."""
+    monkeypatch.setattr(media, "find_exiftool", lambda: None)
 
 
 @pytest.fixture
@@ -282,3 +289,13 @@ def test_best_member_passes_over_raw_without_exif():
 def test_best_member_of_nothing():
     with pytest.raises(ValueError):
         best_member([])
+
+
+def test_thumbnails_from_worker_threads(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    sources = [write_fake_raw(tmp_path / f"IMG_{i}.CR2", preview=(400, 300)) for i in range(6)]
+    sources += [write_jpeg(tmp_path / f"IMG_{i}.JPG", 400, 300) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        results = list(pool.map(lambda s: make_thumbnail(s, tmp_path / "t" / f"{s.name}.jpg", 100), sources))
+    assert [(r.ok, r.width, r.height) for r in results] == [(True, 100, 75)] * 12
