@@ -602,6 +602,7 @@ class _Run:
             row.storage_size_mb = row.total_size_bytes // (1024 * 1024)
         self.copied_now += 1
         self.progress.files_done += 1
+        self._report(force=True)
         post.submit(entry)
 
     def checkpoint(self) -> None:

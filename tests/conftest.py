@@ -1,0 +1,42 @@
+"""Shared test set-up: every test runs with HOME, the XDG directories and IMALINKD_*
+variables isolated in its own temporary directory, so nothing reads or writes the real
+/etc/imalinkd, /var/lib/imalinkd or the user's files."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path_factory, monkeypatch):
+    home = tmp_path_factory.mktemp("home")
+    for name in list(os.environ):
+        if name.startswith("IMALINKD_") or name in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
+            monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(home))
+    for var, sub in (("XDG_CONFIG_HOME", ".config"), ("XDG_DATA_HOME", ".local/share"),
+                     ("XDG_STATE_HOME", ".local/state"), ("XDG_CACHE_HOME", ".cache")):
+        monkeypatch.setenv(var, str(home / sub))
+    yield home
+
+
+def _mounts_below(base: str) -> list[str]:
+    base = os.path.realpath(base)
+    with open("/proc/self/mountinfo") as f:
+        return [mp for mp in (line.split()[4] for line in f) if mp.startswith(base + "/")]
+
+
+@pytest.fixture(autouse=True, scope="session")
+def no_leaked_mounts(tmp_path_factory):
+    """After the whole run, no mount a test made (all live below this run's temporary
+    directory) may be left behind."""
+    base = str(tmp_path_factory.getbasetemp())
+    yield
+    leaked = sorted(_mounts_below(base))
+    assert not leaked, f"tests left mounts behind: {leaked}"
