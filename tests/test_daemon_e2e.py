@@ -1,0 +1,424 @@
+"""End to end: ``imalinkd run`` as a subprocess with a private config, real exFAT cards on
+loop devices mounted through FUSE, a real drop folder, and a notify socket we bind."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def require_loop_mounts() -> None:
+    tools = ("losetup", "mkfs.exfat", "mount.exfat-fuse", "blkid")
+    missing = [t for t in tools if shutil.which(t) is None]
+    if os.geteuid() != 0 or missing:
+        reason = "loop mounts need root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true forbids skipping")
+        pytest.skip(reason)
+
+
+def sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# --- cards -------------------------------------------------------------------------------------
+
+
+class Card:
+    """An exFAT card image with a DCIM tree; mounted read-only through FUSE on a loop device."""
+
+    def __init__(self, path: Path, label: str, files: dict[str, bytes], size_mb: int = 64) -> None:
+        self.path = path
+        self.label = label
+        self.files = {rel: hashlib.sha256(data).hexdigest() for rel, data in files.items()}
+        self.mounts: dict[Path, str] = {}
+        with open(path, "wb") as f:
+            f.truncate(size_mb * 1024 * 1024)
+        subprocess.run(["mkfs.exfat", "-L", label, str(path)], check=True, capture_output=True)
+        fill = path.with_suffix(".fill")
+        self.mount(fill, readonly=False)
+        try:
+            for rel, data in files.items():
+                (fill / rel).parent.mkdir(parents=True, exist_ok=True)
+                (fill / rel).write_bytes(data)
+        finally:
+            self.unmount(fill)
+            fill.rmdir()
+
+    def mount(self, mount_point: Path, readonly: bool = True) -> None:
+        dev = subprocess.run(
+            ["losetup", "-f", "--show", str(self.path)], check=True, capture_output=True, text=True
+        ).stdout.strip()
+        mount_point.mkdir(parents=True, exist_ok=True)
+        opts = ["-o", "ro"] if readonly else []
+        proc = subprocess.run(["mount.exfat-fuse", *opts, dev, str(mount_point)], capture_output=True, text=True)
+        if proc.returncode != 0:
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+            raise RuntimeError(f"mount.exfat-fuse failed: {proc.stderr}")
+        self.mounts[mount_point] = dev
+
+    def unmount(self, mount_point: Path, lazy: bool = False) -> None:
+        dev = self.mounts.pop(mount_point)
+        if lazy or subprocess.run(["umount", str(mount_point)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(mount_point)], capture_output=True)
+        # A lazily unmounted FUSE filesystem lets go of the loop device once its daemon exits.
+        for _ in range(50):
+            if subprocess.run(["losetup", "-d", dev], capture_output=True).returncode == 0:
+                break
+            time.sleep(0.1)
+
+    def cleanup(self) -> None:
+        for mp in list(self.mounts):
+            self.unmount(mp, lazy=True)
+
+
+@pytest.fixture
+def make_card(tmp_path):
+    require_loop_mounts()
+    cards: list[Card] = []
+
+    def make(label: str = "EOS_DIGITAL", *, shots: int = 4, mb_per_file: float = 0.5, seed: int = 1, size_mb: int = 64) -> Card:
+        rng = random.Random(seed)
+        files = {}
+        for i in range(shots):
+            folder = "DCIM/100CANON" if i % 2 == 0 else "DCIM/101CANON"
+            files[f"{folder}/IMG_{i + 1:04d}.CR2"] = rng.randbytes(int(mb_per_file * 1024 * 1024) + i)
+            files[f"{folder}/IMG_{i + 1:04d}.JPG"] = rng.randbytes(20_000 + i)
+        card = Card(tmp_path / f"{label}-{seed}.img", label, files, size_mb)
+        cards.append(card)
+        return card
+
+    yield make
+    for card in cards:
+        card.cleanup()
+
+
+# --- the daemon --------------------------------------------------------------------------------
+
+
+class Daemon:
+    """``imalinkd run`` in a subprocess, with a notify socket collecting its messages."""
+
+    def __init__(self, workdir: Path, config: Path) -> None:
+        self.workdir = workdir
+        self.config = config
+        self.log_path = workdir / "daemon.log"
+        self.messages: list[str] = []
+        self.proc: subprocess.Popen | None = None
+        self._sock_path = workdir / "notify.sock"
+        self._sock: socket.socket | None = None
+        self._reader: threading.Thread | None = None
+
+    def start(self, ready_timeout: float = 30) -> "Daemon":
+        if self._sock is None:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            self._sock.bind(str(self._sock_path))
+            self._sock.settimeout(0.2)
+            self._reader = threading.Thread(target=self._read, daemon=True)
+            self._reader.start()
+        self.messages.clear()
+        env = dict(os.environ)
+        env.update(
+            NOTIFY_SOCKET=str(self._sock_path),
+            WATCHDOG_USEC="1000000",
+            PYTHONPATH=str(REPO) + os.pathsep + env.get("PYTHONPATH", ""),
+        )
+        env.pop("WATCHDOG_PID", None)
+        self._log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "imalinkd", "--config", str(self.config), "run"],
+            stdout=self._log, stderr=subprocess.STDOUT, env=env, cwd=self.workdir,
+        )
+        wait_for(lambda: "READY=1" in self.messages or self.proc.poll() is not None, ready_timeout, "READY=1")
+        assert self.proc.poll() is None, f"daemon exited at start:\n{self.log_text()[-2000:]}"
+        return self
+
+    def _read(self) -> None:
+        while self._sock is not None:
+            try:
+                data = self._sock.recv(65536)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            self.messages.extend(data.decode(errors="replace").split("\n"))
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def log_events(self) -> list[dict]:
+        out = []
+        for line in self.log_text().splitlines():
+            try:
+                out.append(json.loads(line))
+            except ValueError:
+                pass
+        return out
+
+    def has_event(self, name: str, **fields) -> bool:
+        return any(e.get("event") == name and all(e.get(k) == v for k, v in fields.items()) for e in self.log_events())
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 10) -> float:
+        """SIGTERM; returns how long the process took to exit."""
+        if self.proc is None or self.proc.poll() is not None:
+            return 0.0
+        t0 = time.monotonic()
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"daemon did not exit within {timeout}s of SIGTERM")
+        self._log.close()
+        return time.monotonic() - t0
+
+    def close(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def imalinkd(config: Path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run(
+        [sys.executable, "-m", "imalinkd", "--config", str(config), *args],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+
+
+def sessions(config: Path) -> list[dict]:
+    proc = imalinkd(config, "sessions", "--json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+def write_config(path: Path, workdir: Path, extra: str = "") -> Path:
+    path.write_text(
+        f"""
+[catalog]
+url = "sqlite:///{workdir}/catalog.db"
+
+[storage]
+root = "{workdir}/archive"
+
+[api]
+listen = ""
+
+[daemon]
+state_dir = "{workdir}/state"
+settle_seconds = 0.5
+
+[import]
+thumbnails = false
+{extra}
+"""
+    )
+    return path
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    (tmp_path / "archive").mkdir()
+    return tmp_path
+
+
+@pytest.fixture
+def daemon(workdir):
+    d = Daemon(workdir, write_config(workdir / "imalinkd.toml", workdir))
+    yield d
+    d.close()
+
+
+def assert_archived(session: dict, card: Card) -> None:
+    files = Path(session["storage_path"]) / "files"
+    for rel, digest in card.files.items():
+        assert sha256(files / rel) == digest, rel
+
+
+def completed(config: Path) -> list[dict]:
+    return [s for s in sessions(config) if s["copy_status"] == "completed"]
+
+
+# --- without mounts ----------------------------------------------------------------------------
+
+
+def test_ready_status_and_watchdog_pings_reach_the_notify_socket(daemon):
+    daemon.start()
+    assert any(m.startswith("STATUS=") for m in daemon.messages)
+    wait_for(lambda: daemon.messages.count("WATCHDOG=1") >= 2, 5, "two watchdog pings")
+    assert daemon.stop() < 5
+    assert "STOPPING=1" in daemon.messages
+    assert daemon.proc.returncode == 0
+
+
+def test_sighup_with_broken_config_keeps_the_old_config(workdir):
+    drop = workdir / "dropbox"
+    drop.mkdir()
+    config = write_config(workdir / "imalinkd.toml", workdir, f'[[drop_folder]]\npath = "{drop}"\n')
+    d = Daemon(workdir, config).start()
+    try:
+        good = config.read_text()
+        query = workdir / "query.toml"  # the CLI must not read the broken file
+        query.write_text(good)
+        config.write_text(good + "\n[[card]]\nlabel = 42\n")
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.has_event("config_reload_refused"), 5, "config_reload_refused in the log")
+        refused = next(e for e in d.log_events() if e["event"] == "config_reload_refused")
+        assert "imalinkd.toml" in refused["error"]
+        assert d.proc.poll() is None
+        # The old config, with its drop folder, still works.
+        (drop / "IMG_1.JPG").write_bytes(os.urandom(5000))
+        wait_for(lambda: completed(query), 20, "a session from the drop folder", interval=0.5)
+        # A good config is taken on the next SIGHUP.
+        config.write_text(good)
+        d.signal(signal.SIGHUP)
+        wait_for(lambda: d.has_event("config_reloaded"), 5, "config_reloaded in the log")
+        assert d.stop() < 10
+    finally:
+        d.close()
+
+
+def test_drop_folder_slow_writer_is_imported_only_once_complete(workdir):
+    drop = workdir / "dropbox"
+    drop.mkdir()
+    config = write_config(workdir / "imalinkd.toml", workdir, f'[[drop_folder]]\npath = "{drop}"\nsettle_seconds = 0.5\n')
+    d = Daemon(workdir, config).start()
+    try:
+        chunks = [os.urandom(256 * 1024) for _ in range(8)]
+        with open(drop / "VID_0001.MOV", "wb") as f:
+            for chunk in chunks:
+                f.write(chunk)
+                f.flush()
+                time.sleep(0.3)
+        (drop / "VID_0001.MOV.part").write_bytes(b"partial download")
+        assert not d.has_event("drop_batch_settled")
+        wait_for(lambda: completed(config), 20, "the drop folder session", interval=0.5)
+        time.sleep(1.5)
+        ss = sessions(config)
+        assert len(ss) == 1
+        archived = Path(ss[0]["storage_path"]) / "files" / "VID_0001.MOV"
+        assert sha256(archived) == hashlib.sha256(b"".join(chunks)).hexdigest()
+        assert ss[0]["total_files"] == 1  # the .part file was left alone
+        assert (drop / "VID_0001.MOV").exists()  # after_import = "keep"
+    finally:
+        d.stop()
+        d.close()
+
+
+# --- with real cards ---------------------------------------------------------------------------
+
+
+def test_card_becomes_a_completed_session_and_the_same_card_again_makes_none(daemon, make_card, workdir):
+    card = make_card()
+    daemon.start()
+    mp = workdir / "media" / "EOS_DIGITAL"
+    card.mount(mp)
+    [session] = wait_for(lambda: completed(daemon.config), 30, "a completed session", interval=0.5)
+    assert "EOS_DIGITAL" in session["storage_directory_name"]
+    assert session["source"]["label"] == "EOS_DIGITAL"
+    fs_uuid = subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(card.path)], capture_output=True, text=True).stdout.strip()
+    assert session["source"]["fs_uuid"] == fs_uuid
+    meta = json.loads((Path(session["storage_path"]) / "metadata.json").read_text())
+    assert meta["source"]["label"] == "EOS_DIGITAL" and meta["source"]["fs_uuid"] == fs_uuid
+    assert_archived(session, card)
+    card.unmount(mp)
+    card.mount(workdir / "media" / "elsewhere")
+    wait_for(lambda: daemon.has_event("card_already_imported"), 30, "card_already_imported")
+    assert len(sessions(daemon.config)) == 1
+    assert daemon.stop() < 10
+
+
+def test_two_cards_at_once_make_two_sessions(daemon, make_card, workdir):
+    a = make_card("CARD_A", seed=1)
+    b = make_card("CARD_B", seed=2)
+    daemon.start()
+    a.mount(workdir / "media" / "a")
+    b.mount(workdir / "media" / "b")
+    done = wait_for(lambda: len(completed(daemon.config)) == 2 and completed(daemon.config), 40, "two sessions", interval=0.5)
+    by_label = {s["source"]["label"]: s for s in done}
+    assert set(by_label) == {"CARD_A", "CARD_B"}
+    assert_archived(by_label["CARD_A"], a)
+    assert_archived(by_label["CARD_B"], b)
+    assert daemon.stop() < 10
+
+
+def test_card_present_at_start_is_imported(daemon, make_card, workdir):
+    card = make_card()
+    card.mount(workdir / "media" / "EOS_DIGITAL")
+    daemon.start()
+    [session] = wait_for(lambda: completed(daemon.config), 30, "a completed session", interval=0.5)
+    assert_archived(session, card)
+
+
+def _big_card(make_card):
+    # Enough bytes that the copy is still running when we interrupt it.
+    return make_card(shots=24, mb_per_file=4, size_mb=160, seed=7)
+
+
+def test_sigterm_mid_copy_exits_quickly_and_the_session_resumes(daemon, make_card, workdir):
+    card = _big_card(make_card)
+    daemon.start()
+    mp = workdir / "media" / "EOS_DIGITAL"
+    card.mount(mp)
+    wait_for(lambda: daemon.has_event("import_started"), 30, "the import to start", interval=0.05)
+    took = daemon.stop(timeout=10)
+    assert took < 10
+    assert daemon.proc.returncode == 0
+    [session] = sessions(daemon.config)
+    assert session["copy_status"] in ("failed", "in_progress"), session
+    # The card is still in the reader: the daemon resumes the session when it starts again.
+    daemon.start()
+    [done] = wait_for(lambda: completed(daemon.config), 60, "the resumed session", interval=0.5)
+    assert done["import_session_id"] == session["import_session_id"]
+    assert daemon.has_event("card_resume_started")
+    assert_archived(done, card)
+
+
+def test_card_pulled_mid_copy_resumes_when_it_returns(daemon, make_card, workdir):
+    card = _big_card(make_card)
+    daemon.start()
+    mp = workdir / "media" / "EOS_DIGITAL"
+    card.mount(mp)
+    wait_for(lambda: daemon.has_event("import_started"), 30, "the import to start", interval=0.05)
+    card.unmount(mp, lazy=True)
+    wait_for(lambda: daemon.has_event("job_finished"), 30, "the job to end")
+    [failed] = sessions(daemon.config)
+    assert failed["copy_status"] == "failed", failed
+    card.mount(workdir / "media" / "back_again")
+    [done] = wait_for(lambda: completed(daemon.config), 60, "the resumed session", interval=0.5)
+    assert done["import_session_id"] == failed["import_session_id"]
+    assert len(sessions(daemon.config)) == 1
+    assert_archived(done, card)
+    assert daemon.stop() < 10
