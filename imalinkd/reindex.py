@@ -33,17 +33,15 @@ from imalinkd import durable, manifest as mf, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
 from imalinkd.errors import ManifestError
 from imalinkd.locate import discover_roots, root_health
+from imalinkd.plan import photo_key
+
+try:  # the media module's choice of a shot's best file, where it has one
+    from imalinkd.media import best_member
+except ImportError:  # pragma: no cover
+    best_member = None
 
 log = structlog.get_logger(__name__)
 
-# Extensions that a second suffix may carry (``IMG_1.CR3.xmp``): the shot's stem is the
-# name without both.
-_MEDIA_SUFFIXES = {
-    ".cr2", ".cr3", ".crw", ".nef", ".nrw", ".arw", ".srf", ".sr2", ".raf", ".orf", ".rw2",
-    ".pef", ".dng", ".srw", ".x3f", ".3fr", ".iiq", ".rwl", ".jpg", ".jpeg", ".heic", ".heif",
-    ".hif", ".tif", ".tiff", ".mp4", ".mov", ".mts", ".png",
-}
-_KIND_ORDER = {".jpg": 0, ".jpeg": 0, ".heic": 1, ".heif": 1, ".hif": 1, ".tif": 2, ".tiff": 2}
 _PHOTO_FIELDS = ("taken_at", "camera_make", "camera_model", "camera_serial", "lens_model", "orientation", "width", "height")
 
 
@@ -137,33 +135,38 @@ class ReindexPlan:
 
 def shot_key(files_relative: str) -> str:
     """The Photo a file belongs to: its directory and stem, the stem compared without case
-    (``DCIM/100CANON/IMG_1.CR3``, ``…/img_1.jpg`` and ``…/IMG_1.CR3.xmp`` are one shot)."""
-    d, _, name = files_relative.rpartition("/")
-    stem, ext = os.path.splitext(name)
-    inner, inner_ext = os.path.splitext(stem)
-    if inner and inner_ext.lower() in _MEDIA_SUFFIXES and ext:
-        stem = inner
-    stem = stem or name
-    return f"{d}/{stem.lower()}" if d else stem.lower()
+    (``DCIM/100CANON/IMG_1.CR3``, ``…/img_1.jpg`` and ``…/IMG_1.CR3.xmp`` are one shot).
+    The importer's own rule, so that a rebuilt catalog has the same Photos."""
+    return photo_key(files_relative)
+
+
+def _best_media(entries: list[mf.FileEntry]) -> dict[str, Any]:
+    """The metadata of a shot: from its best member (as the importer chooses it), else from
+    the first member that has any."""
+    best = entries[0]
+    if best_member is not None and len(entries) > 1:
+        try:
+            chosen = best_member([e.files_relative for e in entries])
+            best = next((e for e in entries if e.files_relative == chosen), best)
+        except Exception:
+            pass
+    return best.media or next((e.media for e in entries if e.media), None) or {}
 
 
 def _photo_row(entries: list[mf.FileEntry], key: str) -> dict[str, Any]:
-    row: dict[str, Any] = {"key": key, **{k: None for k in _PHOTO_FIELDS}, "gps_lat": None, "gps_lon": None, "gps_alt": None}
-    ordered = sorted(entries, key=lambda e: _KIND_ORDER.get(os.path.splitext(e.storage_path)[1].lower(), 3))
-    for e in ordered:
-        media = e.media or {}
-        for k in _PHOTO_FIELDS:
-            v = media.get(k)
-            if row[k] is None and v is not None:
-                if k in ("orientation", "width", "height"):
-                    row[k] = v if isinstance(v, int) and not isinstance(v, bool) else None
-                else:
-                    row[k] = str(v)[:40] if k == "taken_at" else str(v)
-        gps = media.get("gps")
-        if isinstance(gps, dict) and row["gps_lat"] is None:
-            for k in ("lat", "lon", "alt"):
-                v = gps.get(k)
-                row[f"gps_{k}"] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    media = _best_media(entries)
+    row: dict[str, Any] = {"key": key}
+    for k in _PHOTO_FIELDS:
+        v = media.get(k)
+        if k in ("orientation", "width", "height"):
+            v = v if isinstance(v, int) and not isinstance(v, bool) else None
+        elif v is not None:
+            v = str(v)[:40] if k == "taken_at" else str(v)
+        row[k] = v
+    gps = media.get("gps") if isinstance(media.get("gps"), dict) else {}
+    for k in ("lat", "lon", "alt"):
+        v = gps.get(k)
+        row[f"gps_{k}"] = float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
     return row
 
 
@@ -194,6 +197,7 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
         index[key] = len(photos)
         photos.append(_photo_row(entries, key))
     images = []
+    stamps: dict[str | None, datetime | None] = {}
     for e in m.file_manifest:
         rel = e.files_relative
         on_disk = ds.on_disk.get(rel)
@@ -203,7 +207,7 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
             "file_size": e.file_size,
             "sha256": e.sha256,
             "mtime": e.mtime,
-            "copied_at": _ts(e.copied_at),
+            "copied_at": stamps[e.copied_at] if e.copied_at in stamps else stamps.setdefault(e.copied_at, _ts(e.copied_at)),
             "media_json": json.dumps(e.media, sort_keys=True) if e.media else None,
             "media_error": e.media_error,
             # a legacy session's files are not on the drive: nothing to compare
@@ -514,14 +518,14 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
 def apply_plan(s, plan: ReindexPlan, now: datetime) -> None:
     """Apply ``plan`` in the caller's transaction, with bulk inserts and updates."""
     if plan.new_sessions:
-        ids = s.execute(insert(ImportSession).returning(ImportSession.id, sort_by_parameter_order=True),
+        ids = s.execute(insert(ImportSession.__table__).returning(ImportSession.__table__.c.id, sort_by_parameter_order=True),
                         [n.session for n in plan.new_sessions]).scalars().all()
         photo_rows, owners = [], []
         for sid, n in zip(ids, plan.new_sessions):
             for p in n.photos:
                 photo_rows.append({**p, "session_id": sid})
             owners.append(sid)
-        photo_ids = s.execute(insert(Photo).returning(Photo.id, sort_by_parameter_order=True), photo_rows).scalars().all() if photo_rows else []
+        photo_ids = s.execute(insert(Photo.__table__).returning(Photo.__table__.c.id, sort_by_parameter_order=True), photo_rows).scalars().all() if photo_rows else []
         image_rows, skipped_rows, copy_rows = [], [], []
         offset = 0
         for sid, n in zip(ids, plan.new_sessions):
@@ -531,12 +535,12 @@ def apply_plan(s, plan: ReindexPlan, now: datetime) -> None:
             skipped_rows += [{**r, "session_id": sid} for r in n.skipped]
             copy_rows.append({**n.copy, "session_id": sid, "last_seen_at": now})
         for chunk in _chunks(image_rows, 20000):
-            s.execute(insert(Image), chunk)
+            s.execute(insert(Image.__table__), chunk)
         if skipped_rows:
-            s.execute(insert(SkippedFile), skipped_rows)
-        s.execute(insert(SessionCopy), copy_rows)
+            s.execute(insert(SkippedFile.__table__), skipped_rows)
+        s.execute(insert(SessionCopy.__table__), copy_rows)
     if plan.new_copies:
-        s.execute(insert(SessionCopy), [{**c, "last_seen_at": now} for c in plan.new_copies])
+        s.execute(insert(SessionCopy.__table__), [{**c, "last_seen_at": now} for c in plan.new_copies])
     for chunk in _chunks(plan.copies_seen):
         s.execute(update(SessionCopy).where(SessionCopy.id.in_(chunk)).values(missing=False, last_seen_at=now))
     for chunk in _chunks(plan.copies_missing):

@@ -1,0 +1,422 @@
+"""Reindexing: the pure plan on plain values, then real archives in temporary directories,
+including a hostile drive. (Loop-mounted archives are in test_archive_e2e.py.)
+
+The factories here (``make_root``, ``make_session``, ``config_for``) are shared by the
+other archive tests."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import uuid
+from datetime import datetime, timezone
+
+import pytest
+from sqlalchemy import func, select
+
+from imalinkd import manifest as mf, storage
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
+from imalinkd.config import parse_config
+from imalinkd.reindex import (
+    CatalogCopy,
+    CatalogSession,
+    CatalogState,
+    DriveSession,
+    DriveState,
+    plan_reindex,
+    reindex_all,
+    reindex_path,
+)
+
+# --- shared factories ---------------------------------------------------------------------------
+
+
+@pytest.fixture(autouse=True)
+def isolated_env(tmp_path, monkeypatch):
+    for k in list(os.environ):
+        if k.startswith("IMALINKD_"):
+            monkeypatch.delenv(k)
+    for k in ("HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
+        monkeypatch.setenv(k, str(tmp_path / "home" / k.lower()))
+
+
+def config_for(tmp_path, root=None, **storage_keys):
+    data = {"catalog": {"url": f"sqlite:///{tmp_path}/catalog.db"}, "storage": dict(storage_keys)}
+    if root is not None:
+        data["storage"]["root"] = str(root)
+    data["daemon"] = {"state_dir": str(tmp_path / "state")}
+    return parse_config(data)
+
+
+def make_root(path, label="T7") -> storage.Marker:
+    return storage.init_storage(str(path), label)
+
+
+SHOT_FILES = {
+    "DCIM/100CANON/IMG_0001.CR3": b"raw one",
+    "DCIM/100CANON/IMG_0001.JPG": b"jpeg one",
+    "DCIM/100CANON/IMG_0002.JPG": b"jpeg two!",
+}
+
+
+def make_session(root, marker_or_id, files=None, *, status="completed", description="trip", sid=None,
+                 when=None, skipped=(), listed=None, copy_files=True, source_path="/media/card", media=True):
+    """A session directory as the importer leaves it: files below files/ and a manifest.
+    ``listed`` limits which files the manifest lists (an interrupted checkpoint)."""
+    files = SHOT_FILES if files is None else files
+    sid = sid or str(uuid.uuid4())
+    storage_id = getattr(marker_or_id, "storage_id", marker_or_id)
+    when = when or datetime(2026, 11, 24, 12, 0, tzinfo=timezone.utc)
+    name = storage.session_dir_name(when, description, sid)
+    sdir = os.path.join(str(root), name)
+    os.makedirs(sdir)
+    entries = []
+    for rel, data in files.items():
+        if copy_files:
+            p = os.path.join(sdir, "files", rel)
+            os.makedirs(os.path.dirname(p), exist_ok=True)
+            with open(p, "wb") as f:
+                f.write(data)
+        if listed is not None and rel not in listed:
+            continue
+        m = {"camera_make": "Canon", "camera_model": "EOS R5", "width": 6000, "height": 4000,
+             "taken_at": "2026-11-24T10:00:00", "gps": {"lat": 59.9, "lon": 10.7}} if media else None
+        entries.append(mf.FileEntry(rel, "files/" + rel, len(data), hashlib.sha256(data).hexdigest(),
+                                    storage.iso(when) if copy_files else None, media=m))
+    man = mf.SessionManifest(
+        import_session_id=sid, storage_id=storage_id, created_at=storage.iso(when) or "", source_path=source_path,
+        description=description, source={"kind": "card", "label": "EOS_DIGITAL"}, copy_status=status,
+        copy_started_at=storage.iso(when), copy_completed_at=storage.iso(when) if status == "completed" else None,
+        copy_files=copy_files, photos_created=len({e.storage_path.rsplit(".", 1)[0].lower() for e in entries}),
+        file_manifest=entries, skipped=[mf.SkippedEntry(p, r) for p, r in skipped],
+    )
+    mf.write_manifest(sdir, man)
+    return sid, sdir
+
+
+def counts(catalog: Catalog) -> dict:
+    with catalog.session() as s:
+        return {
+            "sessions": s.scalar(select(func.count()).select_from(ImportSession)),
+            "images": s.scalar(select(func.count()).select_from(Image)),
+            "photos": s.scalar(select(func.count()).select_from(Photo)),
+            "skipped": s.scalar(select(func.count()).select_from(SkippedFile)),
+        }
+
+
+# --- the pure plan ------------------------------------------------------------------------------
+
+ROOT_A = "11111111-1111-4111-8111-111111111111"
+ROOT_B = "22222222-2222-4222-8222-222222222222"
+S1 = "aaaaaaaa-0000-4000-8000-000000000001"
+
+
+def manifest_value(sid=S1, storage_id=ROOT_A, status="completed", files=None):
+    files = files if files is not None else {"DCIM/IMG_1.CR3": 10, "DCIM/IMG_1.JPG": 5, "DCIM/IMG_2.JPG": 7}
+    entries = [mf.FileEntry(rel, "files/" + rel, size, "0" * 64, "2026-11-24T12:00:00Z",
+                            media={"camera_model": "R5"} if rel.endswith("JPG") else None) for rel, size in files.items()]
+    return mf.SessionManifest(sid, storage_id, "2026-11-24T12:00:00Z", "/media/card", "trip", {"kind": "card"},
+                              status, photos_created=2, file_manifest=entries)
+
+
+def drive(*sessions, storage_id=ROOT_A, present=None):
+    names = frozenset(present if present is not None else (d.dir_name for d in sessions))
+    return DriveState(storage_id, "T7", tuple(sessions), names)
+
+
+def on_disk_of(m):
+    return {e.files_relative: e.file_size for e in m.file_manifest}
+
+
+def test_plan_adds_a_session_the_catalog_lacks_with_images_photos_and_counts():
+    m = manifest_value()
+    plan = plan_reindex(drive(DriveSession("20261124_import_trip_aaaaaaaa", m, on_disk_of(m))), CatalogState({}))
+    [new] = plan.new_sessions
+    assert new.session["storage_uuid"] == S1 and new.session["storage_id"] == ROOT_A
+    assert new.session["total_files"] == 3 and new.session["total_size_bytes"] == 22
+    assert new.session["copy_status"] == "completed" and new.session["photos_created"] == 2
+    assert len(new.photos) == 2 and {p["key"] for p in new.photos} == {"DCIM/img_1", "DCIM/img_2"}
+    assert next(p for p in new.photos if p["key"] == "DCIM/img_1")["camera_model"] == "R5"
+    assert [row["size_mismatch"] for _, row in new.images] == [False, False, False]
+    assert new.copy == {"storage_id": ROOT_A, "storage_directory_name": "20261124_import_trip_aaaaaaaa", "missing": False}
+
+
+def test_plan_is_empty_when_catalog_and_drive_agree():
+    m = manifest_value()
+    ds = DriveSession("20261124_import_trip_aaaaaaaa", m, on_disk_of(m))
+    cs = CatalogSession(1, S1, ROOT_A, ds.dir_name, False, True, (CatalogCopy(7, ROOT_A, ds.dir_name, False),),
+                        {"DCIM/IMG_1.CR3": (1, 10, False), "DCIM/IMG_1.JPG": (2, 5, False), "DCIM/IMG_2.JPG": (3, 7, False)})
+    plan = plan_reindex(drive(ds), CatalogState({S1: cs}))
+    assert plan.is_empty and plan.copies_seen == [7]
+
+
+def test_plan_marks_a_gone_directory_missing_and_unmarks_it_when_back():
+    cs = CatalogSession(1, S1, ROOT_A, "20261124_import_trip_aaaaaaaa", False, True,
+                        (CatalogCopy(7, ROOT_A, "20261124_import_trip_aaaaaaaa", False),))
+    plan = plan_reindex(drive(), CatalogState({S1: cs}))
+    assert plan.sessions_missing == [1] and plan.copies_missing == [7] and not plan.new_sessions
+    # another root being indexed says nothing about this session
+    assert plan_reindex(drive(storage_id=ROOT_B), CatalogState({S1: cs})).is_empty
+    m = manifest_value()
+    back = CatalogSession(1, S1, ROOT_A, cs.dir_name, True, True, (CatalogCopy(7, ROOT_A, cs.dir_name, True),))
+    plan = plan_reindex(drive(DriveSession(cs.dir_name, m, on_disk_of(m))), CatalogState({S1: back}))
+    assert plan.sessions_back == [1] and plan.copies_seen == [7]
+
+
+def test_plan_keeps_a_directory_with_a_rejected_manifest_as_present():
+    cs = CatalogSession(1, S1, ROOT_A, "20261124_import_trip_aaaaaaaa", False)
+    assert plan_reindex(drive(present={"20261124_import_trip_aaaaaaaa"}), CatalogState({S1: cs})).sessions_missing == []
+
+
+def test_plan_flags_sizes_that_no_longer_match_and_unflags_them():
+    m = manifest_value()
+    disk = {**on_disk_of(m), "DCIM/IMG_1.CR3": 3}
+    del disk["DCIM/IMG_2.JPG"]
+    name = "20261124_import_trip_aaaaaaaa"
+    cs = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False),),
+                        {"DCIM/IMG_1.CR3": (1, 10, False), "DCIM/IMG_1.JPG": (2, 5, True), "DCIM/IMG_2.JPG": (3, 7, False)})
+    plan = plan_reindex(drive(DriveSession(name, m, disk)), CatalogState({S1: cs}))
+    assert sorted(plan.size_flags) == [(1, True), (2, False), (3, True)]
+
+
+def test_plan_records_a_replica_on_another_root_not_a_conflict():
+    m = manifest_value()
+    name = "20261124_import_trip_aaaaaaaa"
+    cs = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False),))
+    plan = plan_reindex(drive(DriveSession(name, m, on_disk_of(m)), storage_id=ROOT_B), CatalogState({S1: cs}))
+    assert plan.new_copies == [{"session_id": 1, "storage_id": ROOT_B, "storage_directory_name": name, "missing": False}]
+    assert plan.replicas == [S1] and not plan.new_sessions and not plan.size_flags
+
+
+def test_plan_adds_a_session_first_seen_on_a_replica_with_its_home_root():
+    m = manifest_value(storage_id=ROOT_A)
+    plan = plan_reindex(drive(DriveSession("20261124_import_trip_aaaaaaaa", m, on_disk_of(m)), storage_id=ROOT_B), CatalogState({}))
+    [new] = plan.new_sessions
+    assert new.session["storage_id"] == ROOT_A and new.copy["storage_id"] == ROOT_B and plan.replicas == [S1]
+
+
+def test_plan_turns_an_interrupted_session_into_a_failed_resumable_one():
+    m = manifest_value(status="in_progress", files={"DCIM/IMG_1.CR3": 10})
+    disk = {"DCIM/IMG_1.CR3": 10, "DCIM/IMG_1.JPG": 5, "DCIM/IMG_2.JPG": 7}
+    plan = plan_reindex(drive(DriveSession("20261124_import_trip_aaaaaaaa", m, disk)), CatalogState({})
+                        )
+    [new] = plan.new_sessions
+    assert new.session["copy_status"] == "failed" and new.session["total_files"] == 1
+    assert len(new.images) == 1 and "2 more committed files" in new.note and "resume" in new.session["error"]
+
+
+# --- real archives in temporary directories --------------------------------------------------------
+
+
+def test_reindex_rebuilds_a_deleted_catalog_with_the_same_rows(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    sid1, _ = make_session(root, marker, skipped=[("DCIM/link", "symlink")])
+    sid2, _ = make_session(root, marker, {"DCIM/A.JPG": b"a", "DCIM/B.MOV": b"bb"}, description="second")
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok, report.rejected
+    first = counts(catalog)
+    assert first == {"sessions": 2, "images": 5, "photos": 4, "skipped": 1}
+    catalog.close()
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(f"{tmp_path}/catalog.db{suffix}"):
+            os.unlink(f"{tmp_path}/catalog.db{suffix}")
+    catalog = Catalog.open(config)
+    assert reindex_all(config, catalog).ok
+    assert counts(catalog) == first
+    with catalog.session() as s:
+        row = s.scalar(select(ImportSession).where(ImportSession.storage_uuid == sid1))
+        assert (row.total_files, row.photos_created, row.copy_status, row.storage_id) == (3, 2, "completed", marker.storage_id)
+        photo = s.scalar(select(Photo).where(Photo.session_id == row.id, Photo.key == "DCIM/100CANON/img_0001"))
+        assert (photo.camera_model, photo.width, photo.gps_lat) == ("EOS R5", 6000, 59.9)
+        assert s.scalar(select(StorageRoot.last_seen_path)) == str(root)
+    # a second reindex changes nothing
+    again = reindex_path(config, catalog, str(root))
+    assert again.roots[0].sessions_added == 0 and counts(catalog) == first
+
+
+def test_reindex_flags_a_file_whose_size_changed_without_hashing(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    sid, sdir = make_session(root, marker)
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    reindex_path(config, catalog, str(root))
+    with open(os.path.join(sdir, "files/DCIM/100CANON/IMG_0002.JPG"), "ab") as f:
+        f.write(b"grown")
+    report = reindex_path(config, catalog, str(root))
+    assert report.roots[0].size_mismatches == 1
+    with catalog.session() as s:
+        assert s.scalars(select(Image.storage_relative_path).where(Image.size_mismatch)).all() == ["DCIM/100CANON/IMG_0002.JPG"]
+
+
+def test_verify_rehashes_and_names_damaged_files(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    _, sdir = make_session(root, marker)
+    victim = os.path.join(sdir, "files/DCIM/100CANON/IMG_0001.JPG")
+    with open(victim, "r+b") as f:
+        f.write(b"X")  # same size, other bytes: only a re-hash sees it
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    assert reindex_path(config, catalog, str(root)).ok
+    report = reindex_path(config, catalog, str(root), verify=True)
+    assert [p for p, _ in report.damaged] == [victim] and not report.ok
+    with catalog.session() as s:
+        assert s.scalar(select(StorageRoot.last_verified_at)) is not None
+
+
+def test_removed_session_directory_is_marked_missing_not_deleted(tmp_path):
+    import shutil
+
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    sid, sdir = make_session(root, marker)
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    reindex_path(config, catalog, str(root))
+    moved = tmp_path / "elsewhere"
+    shutil.move(sdir, moved)
+    assert reindex_path(config, catalog, str(root)).roots[0].sessions_missing == 1
+    with catalog.session() as s:
+        assert s.scalar(select(ImportSession.missing).where(ImportSession.storage_uuid == sid)) is True
+        assert s.scalar(select(func.count()).select_from(Image)) == 3
+    shutil.move(moved, sdir)
+    assert reindex_path(config, catalog, str(root)).roots[0].sessions_back == 1
+
+
+def test_interrupted_session_on_the_drive_becomes_failed_and_resumable(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    sid, _ = make_session(root, marker, status="in_progress", listed={"DCIM/100CANON/IMG_0001.CR3"})
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and "resumable" in report.roots[0].notes[0][1]
+    with catalog.session() as s:
+        row = s.scalar(select(ImportSession).where(ImportSession.storage_uuid == sid))
+        assert (row.copy_status, row.total_files) == ("failed", 1)
+
+
+# --- a hostile or damaged drive -------------------------------------------------------------------
+
+
+def build_hostile_drive(base, outside):
+    """A drive with one good session and one of each kind of damage. Returns
+    (root path, good session id, {what: path expected in the rejection})."""
+    root = os.path.join(base, "photos")
+    marker = make_root(root)
+    good, _ = make_session(root, marker, description="good")
+    bad: dict[str, str] = {}
+    # absolute and .. paths in a manifest
+    for what, path in (("absolute", "/etc/passwd"), ("dotdot", "../../outside/secret")):
+        _, sdir = make_session(root, marker, description=what)
+        data = json.load(open(os.path.join(sdir, "metadata.json")))
+        data["file_manifest"][0]["storage_path"] = path
+        open(os.path.join(sdir, "metadata.json"), "w").write(json.dumps(data))
+        bad[what] = os.path.join(sdir, "metadata.json")
+    # truncated and non-JSON manifests
+    _, sdir = make_session(root, marker, description="truncated")
+    raw = open(os.path.join(sdir, "metadata.json"), "rb").read()
+    open(os.path.join(sdir, "metadata.json"), "wb").write(raw[: len(raw) // 2])
+    bad["truncated"] = os.path.join(sdir, "metadata.json")
+    _, sdir = make_session(root, marker, description="garbage")
+    open(os.path.join(sdir, "metadata.json"), "wb").write(b"\x00\xffnot json at all")
+    bad["garbage"] = os.path.join(sdir, "metadata.json")
+    # a session directory that is a symlink out of the drive, to a valid-looking session
+    os.makedirs(outside, exist_ok=True)
+    _, foreign = make_session(outside, marker, description="foreign")
+    link = os.path.join(root, os.path.basename(foreign).replace("foreign", "linked"))
+    os.symlink(foreign, link)
+    bad["symlink"] = link
+    # files/ inside a session that is a symlink
+    _, sdir = make_session(root, marker, description="fileslink", files={})
+    os.symlink(outside, os.path.join(sdir, "files"))
+    bad["fileslink"] = os.path.join(sdir, "files")
+    return root, good, bad
+
+
+def test_hostile_drive_is_rejected_by_name_and_the_rest_indexed(tmp_path):
+    outside = str(tmp_path / "outside")
+    root, good, bad = build_hostile_drive(str(tmp_path / "drive"), outside)
+    # a second root on the drive whose marker is malformed
+    broken = tmp_path / "drive" / "other"
+    broken.mkdir()
+    (broken / "config.json").write_text(json.dumps({"format": "imalink-storage", "storage_id": "not-a-uuid"}))
+    bad["marker"] = str(broken / "config.json")
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    report = reindex_path(config, catalog, str(tmp_path / "drive"))
+    rejected = dict(report.rejected)
+    for what, path in bad.items():
+        assert path in rejected, (what, report.rejected)
+    assert "not-a-uuid" in rejected[bad["marker"]]
+    assert "symbolic link" in rejected[bad["symlink"]]
+    assert "absolute" in rejected[bad["absolute"]] and "'..'" in rejected[bad["dotdot"]]
+    assert len(report.rejected) == len(bad)
+    with catalog.session() as s:
+        uuids = set(s.scalars(select(ImportSession.storage_uuid)))
+        assert good in uuids
+        # the symlinked session out of the drive was not read; files/ symlink: session not indexed
+        assert len(uuids) == 1
+        assert all(not p.startswith("/") and ".." not in p for p in s.scalars(select(Image.storage_relative_path)))
+
+
+def test_two_markers_claiming_one_storage_id_are_both_rejected(tmp_path):
+    a = tmp_path / "drive" / "a"
+    marker = make_root(a)
+    make_session(a, marker)
+    b = tmp_path / "drive" / "b"
+    b.mkdir(parents=True)
+    (b / "config.json").write_text((a / "config.json").read_text())
+    config = config_for(tmp_path)
+    catalog = Catalog.open(config)
+    report = reindex_path(config, catalog, str(tmp_path / "drive"))
+    assert sorted(p for p, _ in report.rejected) == [str(a / "config.json"), str(b / "config.json")]
+    assert all("claimed by more than one marker" in r for _, r in report.rejected)
+    assert counts(catalog)["sessions"] == 0
+
+
+def test_a_copy_of_a_known_archive_elsewhere_is_rejected_while_the_original_is_reachable(tmp_path):
+    import shutil
+
+    a = tmp_path / "a"
+    marker = make_root(a)
+    make_session(a, marker)
+    config = config_for(tmp_path, a)
+    catalog = Catalog.open(config)
+    assert reindex_path(config, catalog, str(a)).ok
+    shutil.copytree(a, tmp_path / "b")
+    report = reindex_path(config, catalog, str(tmp_path / "b"))
+    assert [p for p, _ in report.rejected] == [str(tmp_path / "b" / "config.json")]
+    assert "already the archive" in report.rejected[0][1]
+
+
+def test_path_without_a_storage_root_is_reported(tmp_path):
+    (tmp_path / "empty").mkdir()
+    config = config_for(tmp_path)
+    report = reindex_path(config, Catalog.open(config), str(tmp_path / "empty"))
+    assert not report.ok and "no storage root here" in report.rejected[0][1]
+    assert json.loads(json.dumps(report.as_json()))["rejected"][0]["path"] == str(tmp_path / "empty")
+
+
+def test_replica_root_is_recorded_as_a_second_copy(tmp_path):
+    import shutil
+
+    a = tmp_path / "a"
+    marker_a = make_root(a, "main")
+    sid, sdir = make_session(a, marker_a)
+    b = tmp_path / "b"
+    make_root(b, "backup")
+    shutil.copytree(sdir, b / os.path.basename(sdir))
+    config = config_for(tmp_path, a)
+    catalog = Catalog.open(config)
+    assert reindex_path(config, catalog, str(a)).ok
+    report = reindex_path(config, catalog, str(b))
+    assert report.ok and report.roots[0].replicas == 1
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(ImportSession)) == 1
+        assert s.scalar(select(func.count()).select_from(SessionCopy)) == 2
