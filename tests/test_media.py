@@ -276,6 +276,7 @@ def test_invalid_samples_never_raise(samples):
         assert info.has_capture_data() or info.error == "no EXIF", path
 
 
+@pytest.mark.filterwarnings("ignore:Corrupt EXIF data:UserWarning")
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(data=st.binary(max_size=4096), suffix=st.sampled_from([".jpg", ".NEF", ".CR3", ".MOV", ".MTS", ".tif", ".HEIC"]))
 def test_arbitrary_bytes_never_raise(data, suffix):
