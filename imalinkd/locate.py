@@ -322,7 +322,7 @@ def storage_status(config, catalog: Catalog, session_row) -> dict:
         "copies": copies,
     }
     if row.copy_files:
-        accessible = next((c["files_accessible"] for c in copies if c["path"] == first), 0)
+        accessible = next((c.get("files_accessible", 0) for c in copies if first and c["path"] == first), 0)
         status.update(storage_accessible=first is not None, storage_path=first, files_accessible=accessible)
     else:
         base = _legacy_base(row)
