@@ -242,6 +242,14 @@ settle_seconds = 0.5
 
 [import]
 thumbnails = false
+
+# Only cards mounted below this test's directory: other cards mounted on this machine
+# meanwhile (other tests, benchmarks) are ignored.
+[[card]]
+path = "{workdir}/media/*"
+
+[[card]]
+enabled = false
 {extra}
 """
     )
@@ -422,3 +430,35 @@ def test_card_pulled_mid_copy_resumes_when_it_returns(daemon, make_card, workdir
     assert len(sessions(daemon.config)) == 1
     assert_archived(done, card)
     assert daemon.stop() < 10
+
+
+def test_card_waits_for_the_archive_and_starts_when_it_is_mounted(workdir, make_card):
+    spare = workdir / "archive_drive"
+    spare.mkdir()
+    other = workdir / "other"
+    other.mkdir()
+    # Made elsewhere (another catalog): the daemon's catalog does not know where it is.
+    proc = imalinkd(write_config(other / "other.toml", other), "init-storage", str(spare), "--json")
+    assert proc.returncode == 0, proc.stderr
+    storage_id = json.loads((spare / "config.json").read_text())["storage_id"]
+    config = write_config(workdir / "imalinkd.toml", workdir)
+    text = config.read_text().replace(f'root = "{workdir}/archive"', f'storage_id = "{storage_id}"')
+    config.write_text(text)
+    card = make_card()
+    d = Daemon(workdir, config).start()
+    plugged = workdir / "drives" / "ARCHIVE"
+    plugged.mkdir(parents=True)
+    try:
+        card.mount(workdir / "media" / "EOS_DIGITAL")
+        wait_for(lambda: any("waiting for the archive" in m for m in d.messages), 30, "STATUS saying it waits")
+        assert sessions(config) == []
+        # The archive drive is plugged in (a bind mount stands in for it).
+        subprocess.run(["mount", "--bind", str(spare), str(plugged)], check=True)
+        [session] = wait_for(lambda: completed(config), 30, "the session once the archive is there", interval=0.5)
+        assert session["storage_path"].startswith(str(plugged))
+        assert_archived(session, card)
+        assert d.has_event("archive_mounted")
+    finally:
+        d.stop()
+        d.close()
+        subprocess.run(["umount", str(plugged)], capture_output=True)
