@@ -79,6 +79,7 @@ class DaemonConfig:
     automount: bool = False  # with udev: mount removable cards read-only ourselves
     settle_seconds: float = 2.0  # drop folders: how long a file must be unchanged
     watchdog: bool = True  # send WATCHDOG=1 when systemd asks for it
+    mount_paths: tuple[str, ...] = ()  # globs of mount points examined for cards/archives; empty: all
     log_level: str = "info"
 
 
