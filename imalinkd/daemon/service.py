@@ -168,6 +168,8 @@ class Daemon:
         self.udev_source: Any = None
         self._last_status = ""
         self._status_lock = threading.Lock()
+        self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
+        self.api: Any = None
 
     # -- lifecycle --
 
@@ -185,6 +187,7 @@ class Daemon:
         except OSError as e:
             log.error("event_sources_failed", error=str(e))
             return 1
+        self._start_api()
         log.info("daemon_ready", config=self.config.source, pid=os.getpid())
         self.notifier.ready(status=self._status())
         try:
@@ -192,6 +195,16 @@ class Daemon:
         finally:
             self._shutdown()
         return 0
+
+    def _start_api(self) -> None:
+        """Serve the HTTP API on [api] listen; a failure is logged and the daemon goes on."""
+        try:
+            from imalinkd.api import ProgressHub, start_api_server
+
+            self.hub = ProgressHub()
+            self.api = start_api_server(self.config, self.catalog, self.hub)
+        except Exception as e:
+            log.error("api_unavailable", listen=self.config.api.listen, error=str(e))
 
     def _install_signals(self) -> None:
         def on_term(signum: int, _frame: Any) -> None:
@@ -271,6 +284,8 @@ class Daemon:
         for device, mount_point in list(self.state.automounted.items()):
             if not any(j.mount_point == mount_point and j.thread and j.thread.is_alive() for j in self.state.jobs.values()):
                 self._unmount_automounted(device)
+        if self.api is not None:
+            self.api.stop()
         if self.catalog is not None:
             try:
                 self.catalog.close()
@@ -506,6 +521,8 @@ class Daemon:
         last = [0.0]
 
         def progress(*args: Any, **kwargs: Any) -> None:
+            if self.hub is not None and args:
+                self.hub.publish(args[0])
             now = time.monotonic()
             if now - last[0] < 1.0:
                 return
