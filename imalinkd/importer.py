@@ -178,6 +178,7 @@ class _NotCopied:
     file: SourceFile
     reason: str
     fatal: bool  # True: the session cannot go on (archive full, card gone, cancelled)
+    knock_on: bool = False  # not attempted because of another file's fatal error
 
 
 # --- storage resolution ----------------------------------------------------------------------
@@ -431,7 +432,7 @@ class _Run:
         if self.cancel.is_set():
             return _NotCopied(f, "interrupted (stop requested)", fatal=True)
         if self.abort.is_set():
-            return _NotCopied(f, "not attempted: the session stopped on an earlier error", fatal=True)
+            return _NotCopied(f, "not attempted: the session stopped on an earlier error", fatal=True, knock_on=True)
         src = os.path.join(self.source_root, f.rel)
         self.progress.current_file = f.rel
         try:
@@ -536,6 +537,7 @@ class _Run:
         last_checkpoint = time.monotonic()
         items = iter(to_copy)
         # Submit at most a few files beyond the workers, so a stop leaves little queued.
+        stopped = False  # files were left unsubmitted: the session cannot be complete
         with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imalinkd-copy") as pool:
             exhausted = False
             while True:
@@ -550,13 +552,15 @@ class _Run:
                 done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
                 for fut in done:
                     self._record(fut.result(), post)
-                if self.abort.is_set() or self.cancel.is_set():
-                    exhausted = True
+                if (self.abort.is_set() or self.cancel.is_set()) and not exhausted:
+                    exhausted = stopped = next(items, None) is not None or stopped
                 if time.monotonic() - last_checkpoint >= self.config.import_.checkpoint_seconds:
                     self.checkpoint()
                     last_checkpoint = time.monotonic()
                 self._report()
         self.progress.current_file = None
+        if stopped and self.fatal is None:
+            self.fatal = "interrupted (stop requested)" if self.cancel.is_set() else "stopped on an earlier error"
         if self.fatal is None and self.thumbnails is not None:
             self.progress.phase = "post_processing"
             self._report(force=True)
@@ -565,6 +569,8 @@ class _Run:
     def _record(self, result: _Copied | _NotCopied, post: "_PostProcessor") -> None:
         if isinstance(result, _NotCopied):
             if result.fatal:
+                if result.knock_on:
+                    return
                 if self.fatal is None:
                     self.fatal = result.reason
                     log.error("import_stopped", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)

@@ -1,0 +1,206 @@
+"""Faults on real file systems: a full disk, an archive that turns read-only, a card that is
+pulled mid-copy, a power cut (FS_IOC_SHUTDOWN on a loop-mounted ext4 archive), an fsync
+that fails. Each leaves a failed, resumable session with nothing wrong under a final name,
+and `resume` completes it once the cause is gone."""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import struct
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from cards import make_card, tree_hashes
+from imalinkd import durable
+from imalinkd.config import parse_config
+from imalinkd.importer import import_source, resume_session, verify_sessions
+from mounts import ext4_image, is_mounted, require_root, run, umount
+
+FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
+FS_GOING_FLAGS_NOLOGFLUSH = 2  # like pulling the plug: the journal is not flushed
+
+
+def config_for(tmp_path: Path, root: Path, **imp):
+    return parse_config({
+        "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
+        "storage": {"root": str(root)},
+        "import": {"thumbnails": False, "checkpoint_seconds": 0.0, **imp},
+    })
+
+
+def assert_nothing_wrong_under_final_names(session_dir: Path, card, partials_allowed: bool = False) -> None:
+    """``partials_allowed``: on a file system gone read-only a temporary file cannot be
+    deleted; it has no final name, and resume removes it."""
+    for rel, sha in tree_hashes(session_dir / "files").items():
+        if durable.is_partial_name(os.path.basename(rel)):
+            assert partials_allowed, f"partial file left: {rel}"
+            continue
+        assert card.files.get(rel) == sha, f"wrong bytes under a final name: {rel}"
+
+
+def plenty(_path):
+    return (1 << 40, 1 << 41)
+
+
+def test_full_disk_fails_cleanly_and_resumes_after_space_is_freed(tmp_path):
+    require_root()
+    with ext4_image(tmp_path / "arch", size_mb=64) as mnt:
+        filler = mnt / "filler.bin"
+        with open(filler, "wb") as f:
+            f.write(b"\0" * (46 * 1024 * 1024))
+        card = make_card(tmp_path / "card", shots=12, raw_kb=1024)  # ~16 MiB: does not fit
+        cfg = config_for(tmp_path, mnt / "photos")
+        result = import_source(cfg, card.root, disk_free=plenty)  # preflight told there is room
+        assert result.copy_status == "failed"
+        assert "full" in result.error
+        session = Path(result.storage_path)
+        assert_nothing_wrong_under_final_names(session, card)
+        filler.unlink()
+        done = resume_session(cfg, result.session_uuid)
+        assert done.copy_status == "completed"
+        assert tree_hashes(session / "files") == card.files
+        assert verify_sessions(cfg, [done.session_uuid]).ok
+
+
+def test_preflight_on_a_real_small_disk_refuses_before_copying(tmp_path):
+    require_root()
+    with ext4_image(tmp_path / "arch", size_mb=16) as mnt:
+        card = make_card(tmp_path / "card", shots=12, raw_kb=1024)
+        cfg = config_for(tmp_path, mnt / "photos")
+        from imalinkd.errors import StorageFullError
+
+        with pytest.raises(StorageFullError) as e:
+            import_source(cfg, card.root)
+        assert "free" in str(e.value) and "needed" in str(e.value)
+        assert [p.name for p in (mnt / "photos").iterdir()] == ["config.json"]
+
+
+def test_archive_turning_read_only_fails_and_resumes_when_writable_again(tmp_path):
+    """The kernel turns ext4 read-only on a file-system error (errors=remount-ro); the
+    debugging switch trigger_fs_error makes it do so now."""
+    require_root()
+    image = tmp_path / "arch.img"
+    with ext4_image(tmp_path / "arch", size_mb=96, image=image) as mnt:
+        run("mount", "-o", "remount,errors=remount-ro", str(mnt))
+        dev = next(line.split()[-2] for line in open("/proc/self/mountinfo") if line.split()[4] == str(mnt))
+        trigger = Path("/sys/fs/ext4") / os.path.basename(dev) / "trigger_fs_error"
+        if not trigger.exists():
+            pytest.skip("this kernel has no ext4 trigger_fs_error switch")
+        card = make_card(tmp_path / "card", shots=20, raw_kb=512)
+        cfg = config_for(tmp_path, mnt / "photos", workers=1)
+        flipped = []
+
+        def progress(p):
+            if p.files_done >= 2 and not flipped:
+                trigger.write_text("imalinkd test: simulated file-system error\n")
+                flipped.append(True)
+
+        result = import_source(cfg, card.root, progress=progress)
+        assert flipped and result.copy_status == "failed"
+        assert "read-only" in result.error
+        assert_nothing_wrong_under_final_names(Path(result.storage_path), card, partials_allowed=True)
+        with pytest.raises(Exception):
+            resume_session(cfg, result.session_uuid)  # still read-only: refused, nothing lost
+    subprocess.run(["e2fsck", "-fy", str(image)], capture_output=True)
+    with ext4_image(tmp_path / "arch", image=image):
+        done = resume_session(cfg, result.session_uuid)
+        assert done.copy_status == "completed"
+        assert tree_hashes(Path(done.storage_path) / "files") == card.files  # partials gone too
+
+
+def test_card_pulled_mid_copy_leaves_resumable_session(tmp_path):
+    require_root()
+    card_tree = make_card(tmp_path / "tree", shots=10, raw_kb=512)
+    image = tmp_path / "card.img"
+    with ext4_image(tmp_path / "fill", size_mb=32, image=image) as fill:
+        subprocess.run(["cp", "-a", f"{card_tree.root}/.", str(fill)], check=True)
+    mnt = tmp_path / "media" / "CARD"
+    cfg = config_for(tmp_path, tmp_path / "archive", workers=1)
+    with ext4_image(mnt, image=image):
+        pulled = []
+
+        def progress(p):
+            if p.files_done >= 2 and not pulled:
+                subprocess.run(["umount", "-l", str(mnt)], check=True)
+                pulled.append(True)
+
+        result = import_source(cfg, mnt, progress=progress)
+        assert pulled and result.copy_status == "failed"
+        assert "source went away" in result.error or "card" in result.error
+        assert_nothing_wrong_under_final_names(Path(result.storage_path), card_tree)
+    assert not is_mounted(mnt)
+    # the card comes back (at another path: resume is told where)
+    with ext4_image(tmp_path / "media" / "CARD2", image=image) as again:
+        done = resume_session(cfg, result.session_uuid, source=again)
+        assert done.copy_status == "completed"
+        assert tree_hashes(Path(done.storage_path) / "files") == card_tree.files
+
+
+def _shutdown(mount_point: Path) -> None:
+    fd = os.open(mount_point, os.O_RDONLY)
+    try:
+        fcntl.ioctl(fd, FS_IOC_SHUTDOWN, struct.pack("I", FS_GOING_FLAGS_NOLOGFLUSH))
+    finally:
+        os.close(fd)
+
+
+def test_power_cut_loses_only_uncommitted_files_and_resume_recopies_them(tmp_path):
+    require_root()
+    card = make_card(tmp_path / "card", shots=16, raw_kb=768)
+    image = tmp_path / "arch.img"
+    cfg = config_for(tmp_path, tmp_path / "arch" / "photos", workers=2)
+    with ext4_image(tmp_path / "arch", size_mb=96, image=image) as mnt:
+        cut = []
+
+        def progress(p):
+            if p.files_done >= 5 and not cut:
+                _shutdown(mnt)
+                cut.append(p.files_done)
+
+        result = import_source(cfg, card.root, progress=progress)
+        assert cut and result.copy_status == "failed"
+    # plug the drive back in: journal replay, then every committed file must be intact
+    with ext4_image(tmp_path / "arch", image=image):
+        session = Path(result.storage_path)
+        survived = tree_hashes(session / "files")
+        assert len(survived) >= cut[0] - 1
+        assert_nothing_wrong_under_final_names(session, card, partials_allowed=True)
+        done = resume_session(cfg, result.session_uuid)
+        assert done.copy_status == "completed"
+        assert tree_hashes(session / "files") == card.files
+        report = verify_sessions(cfg, [done.session_uuid])
+        assert report.ok and report.checked == len(card.files)
+
+
+def test_failed_fsync_is_not_retried_and_the_file_counts_as_not_copied(tmp_path, monkeypatch):
+    """fsync failing is injected at the system-call boundary (the only way to make a real
+    disk fail on demand without a faulty device)."""
+    card = make_card(tmp_path / "card", shots=4)
+    cfg = config_for(tmp_path, tmp_path / "archive", workers=1)
+    real_fsync = os.fsync
+    data_fsyncs: list[str] = []
+    failed: list[str] = []
+
+    def flaky_fsync(fd):
+        target = os.readlink(f"/proc/self/fd/{fd}")
+        if durable.TEMP_PREFIX in target:
+            data_fsyncs.append(target)
+            if len(data_fsyncs) == 2:  # the second file's data fsync fails
+                failed.append(target)
+                raise OSError(errno.EIO, "Input/output error")
+        return real_fsync(fd)
+
+    monkeypatch.setattr(durable.os, "fsync", flaky_fsync)
+    result = import_source(cfg, card.root)
+    monkeypatch.setattr(durable.os, "fsync", real_fsync)
+    assert result.copy_status == "failed" and "fsync" in result.error
+    assert data_fsyncs.count(failed[0]) == 1, "a failed fsync was retried"
+    assert not os.path.exists(failed[0])
+    assert_nothing_wrong_under_final_names(Path(result.storage_path), card)
+    done = resume_session(cfg, result.session_uuid)
+    assert done.copy_status == "completed"
+    assert tree_hashes(Path(done.storage_path) / "files") == card.files
