@@ -161,15 +161,33 @@ def _import_result_out(result, as_json: bool) -> int:
                 _say(f"  at {result.storage_path}")
             if result.message:
                 _say(f"  {result.message}")
-        for s in result.skipped:
-            if not s.duplicate_of:
-                from imalinkd.paths import display
+    from imalinkd.paths import display
 
-                print(f"imalinkd: skipped {display(s.original_path)}: {s.reason}", file=sys.stderr)
+    for s in result.skipped:
+        if not s.duplicate_of:
+            print(f"imalinkd: skipped {display(s.original_path)}: {s.reason}", file=sys.stderr)
     if result.copy_status != "completed":
         print(f"imalinkd: import failed: {result.error}", file=sys.stderr)
         return EXIT_FAILED
     return EXIT_OK
+
+
+def _cancel_on_signals() -> threading.Event:
+    """SIGINT/SIGTERM during an import: stop after the files in flight are parked, leaving a
+    failed session that 'imalinkd resume' completes."""
+    import signal
+
+    cancel = threading.Event()
+
+    def handler(signum, _frame):
+        if cancel.is_set():
+            raise KeyboardInterrupt
+        print(f"imalinkd: {signal.Signals(signum).name}: stopping after the files in flight", file=sys.stderr)
+        cancel.set()
+
+    signal.signal(signal.SIGINT, handler)
+    signal.signal(signal.SIGTERM, handler)
+    return cancel
 
 
 def cmd_import(config, args) -> int:
@@ -186,7 +204,7 @@ def cmd_import(config, args) -> int:
 
     with _ProgressBar(not args.json) as bar:
         result = import_source(config, args.source, description=args.description, storage_root=args.storage, verify=args.verify,
-                               thumbnails=False if args.no_thumbnails else None, progress=bar.update)
+                               thumbnails=False if args.no_thumbnails else None, progress=bar.update, cancel=_cancel_on_signals())
     return _import_result_out(result, args.json)
 
 
@@ -194,7 +212,7 @@ def cmd_resume(config, args) -> int:
     from imalinkd.importer import resume_session
 
     with _ProgressBar(not args.json) as bar:
-        result = resume_session(config, args.session, source=args.source, progress=bar.update)
+        result = resume_session(config, args.session, source=args.source, progress=bar.update, cancel=_cancel_on_signals())
     return _import_result_out(result, args.json)
 
 
