@@ -26,7 +26,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 import structlog
-from sqlalchemy import insert, or_, select, update
+from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from imalinkd import durable, manifest as mf, storage
