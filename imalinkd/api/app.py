@@ -633,7 +633,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
 
     # -- images --
 
-    @app.api_route("/images/{image_id}/file", methods=["GET", "HEAD"], tags=["images"], dependencies=[Read], response_class=Response,
+    @app.get("/images/{image_id}/file", tags=["images"], dependencies=[Read], response_class=Response,
              responses={200: {"content": {"application/octet-stream": {}}, "description": "the archived file (Range requests supported)"},
                         206: {"description": "part of the file"}, 404: {"description": NOT_ACCESSIBLE}},
              summary="The archived file's bytes")
@@ -648,7 +648,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         return serve_below(os.path.join(sdir, "files"), img.storage_relative_path, image_id, "file",
                            img.storage_relative_path, content_type(img.storage_relative_path))
 
-    @app.api_route("/images/{image_id}/thumbnail", methods=["GET", "HEAD"], tags=["images"], dependencies=[Read], response_class=Response,
+    @app.get("/images/{image_id}/thumbnail", tags=["images"], dependencies=[Read], response_class=Response,
              responses={200: {"content": {"image/jpeg": {}}, "description": "the JPEG thumbnail"}, 404: {"description": "no thumbnail"}},
              summary="The photo's thumbnail")
     def get_thumbnail(image_id: ImageId) -> Response:
@@ -659,6 +659,10 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         if sdir is None:
             raise StarletteHTTPException(404, NOT_ACCESSIBLE)
         return serve_below(sdir, photo.thumbnail_path, image_id, "thumbnail", photo.thumbnail_path, content_type(photo.thumbnail_path))
+
+    # HEAD answers like GET without the body (for clients probing size and type)
+    app.add_api_route("/images/{image_id}/file", get_image_file, methods=["HEAD"], include_in_schema=False, dependencies=[Read])
+    app.add_api_route("/images/{image_id}/thumbnail", get_thumbnail, methods=["HEAD"], include_in_schema=False, dependencies=[Read])
 
     # -- storage --
 
