@@ -363,10 +363,9 @@ def cmd_reindex(config, args) -> int:
         _print_json(data)
     else:
         _say(json.dumps({k: v for k, v in data.items() if k != "rejected"}, default=str))
-    rejected = data.get("rejected") or []
-    for item in rejected:
+    for item in data.get("rejected") or []:
         print(f"imalinkd: rejected {item}", file=sys.stderr)
-    return EXIT_FAILED if rejected else EXIT_OK
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_scan_locations(config, args) -> int:
@@ -403,7 +402,7 @@ def cmd_adopt(config, args) -> int:
         _print_json(data)
     else:
         _say(f"adopted: {data}")
-    return EXIT_OK
+    return EXIT_OK if getattr(result, "ok", True) else EXIT_FAILED
 
 
 def cmd_check_config(config, args) -> int:
