@@ -239,17 +239,12 @@ listen = ""
 [daemon]
 state_dir = "{workdir}/state"
 settle_seconds = 0.5
+# Only mounts below this test's directory: cards and archives mounted on this machine
+# meanwhile (other tests, benchmarks) are none of this daemon's business.
+mount_paths = ["{workdir}"]
 
 [import]
 thumbnails = false
-
-# Only cards mounted below this test's directory: other cards mounted on this machine
-# meanwhile (other tests, benchmarks) are ignored.
-[[card]]
-path = "{workdir}/media/*"
-
-[[card]]
-enabled = false
 {extra}
 """
     )

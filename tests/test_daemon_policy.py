@@ -10,6 +10,7 @@ from imalinkd.daemon.policy import (
     card_description,
     card_job_key,
     classify_mount,
+    is_watched_mount,
     match_card_policy,
     plan_card_job,
     render_template,
@@ -121,3 +122,12 @@ def test_plan_for_archive_has_no_card_job():
         identity=EOS, has_dcim=False, storage_roots=(MEDIA / "archive",),
     )
     assert kind == "archive" and job is None
+
+
+def test_mount_paths_limit_the_mounts_examined():
+    assert is_watched_mount(MEDIA, ())
+    assert is_watched_mount(MEDIA, ("/media",))
+    assert is_watched_mount(MEDIA, ("/media/*",))
+    assert is_watched_mount(Path("/run/media/pi/X"), ("/media/*", "/run/media/*/*"))
+    assert not is_watched_mount(Path("/mediax/card"), ("/media",))
+    assert not is_watched_mount(Path("/"), ("/media/*",))

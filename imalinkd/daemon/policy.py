@@ -64,6 +64,20 @@ def match_card_policy(
     return DEFAULT_CARD_POLICY if has_dcim else None
 
 
+def is_watched_mount(mount_point: Path, patterns: tuple[str, ...]) -> bool:
+    """Whether ``[daemon] mount_paths`` lets the daemon look at this mount at all. No
+    patterns: every mount. A pattern is a glob on the mount point (``*`` spans ``/``) or a
+    directory whose mounts below it count."""
+    if not patterns:
+        return True
+    mp = str(mount_point)
+    for pattern in patterns:
+        base = pattern.rstrip("/") or "/"
+        if fnmatch.fnmatchcase(mp, pattern) or mp == base or mp.startswith(base.rstrip("/") + "/"):
+            return True
+    return False
+
+
 def classify_mount(*, card_policy: CardPolicy | None, storage_roots: tuple[Path, ...]) -> MountKind:
     """What a new mount is. A mount holding a storage marker is an archive drive, even if
     it also has a DCIM/ directory: an archive is never imported into itself. Otherwise it

@@ -168,6 +168,7 @@ class Daemon:
         self.udev_source: Any = None
         self._last_status = ""
         self._status_lock = threading.Lock()
+        self._storage_lock = threading.Lock()
         self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
         self.api: Any = None
 
@@ -333,6 +334,9 @@ class Daemon:
 
     def on_mount_appeared(self, event: MountAppeared) -> None:
         mp = event.mount_point
+        if not policy.is_watched_mount(mp, self.config.daemon.mount_paths):
+            log.debug("mount_not_watched", mount_point=str(mp))
+            return
         fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source)
         ident = identify.CardIdentity(fs_uuid=fs_uuid, label=label)
         dcim = identify.has_dcim(mp)
@@ -535,10 +539,19 @@ class Daemon:
 
         return progress
 
+    def _open_storage(self, engine: Any, config: Config) -> None:
+        """Open (on first use: initialise) the archive once at a time, so that two cards
+        arriving together do not both try to create the storage marker."""
+        opener = getattr(engine, "open_storage", None)
+        if opener is not None:
+            with self._storage_lock:
+                opener(config, self.catalog)
+
     def _run_card_job(self, job: Job, card: CardJob, config: Config) -> JobFinished:
         blog = log.bind(card_label=card.identity.label, card_uuid=card.identity.fs_uuid, mount_point=str(card.mount_point))
         engine = _importer()
         try:
+            self._open_storage(engine, config)
             resumable = None
             finder = getattr(engine, "find_resumable_session", None)
             if finder is not None and (card.identity.fs_uuid or card.identity.label):
@@ -591,6 +604,7 @@ class Daemon:
         info = engine.SourceInfo(kind="drop_folder", label=batch.folder.name, fs_uuid=None, device=None)
         rels = [p.relative_to(batch.folder).as_posix() for p in batch.paths]
         try:
+            self._open_storage(engine, self.config)
             result = _call(
                 engine.import_source, self.config, batch.folder, description=policy.drop_description(drop),
                 source_info=info, verify=drop.verify, include=drop.include, files=rels,
