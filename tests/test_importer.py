@@ -156,7 +156,7 @@ def test_name_collision_never_overwrites(tmp_path, cfg):
     gets a name of its own."""
     card = make_card(tmp_path / "card", shots=1)
     rel = next(iter(card.files))
-    from imalinkd.importer import _Run  # the commit step is what guarantees this
+    from imalinkd.copier import CopyStage  # the commit step is what guarantees this
 
     target = tmp_path / "t" / "files" / rel
     target.parent.mkdir(parents=True)
@@ -165,7 +165,7 @@ def test_name_collision_never_overwrites(tmp_path, cfg):
     sink.open()
     sink.write(memoryview(b"other"))
     sink.finish(None)
-    run = _Run.__new__(_Run)
+    run = CopyStage.__new__(CopyStage)
     run.files_dir = str(tmp_path / "t" / "files")
     new_rel = run._commit(sink, rel)
     assert target.read_bytes() == b"precious"

@@ -1,0 +1,355 @@
+"""Stage 3, copy: files copied, verified and committed by worker threads.
+
+The workers touch only the disk (through :mod:`imalinkd.durable`); every catalog and
+manifest write happens in the thread that runs the stage, one file at a time as results
+come in. Verifying one file overlaps with reading the next, so the source — the slowest
+device — stays busy.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import stat
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+from typing import Callable
+
+import structlog
+
+from imalinkd import durable, paths, storage
+from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
+from imalinkd.config import Config
+from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, write_manifest
+from imalinkd.photos import PostProcessor
+from imalinkd.scan import ScanResult, SourceFile
+
+log = structlog.get_logger()
+
+# errno values meaning the source device itself went away (card pulled, FUSE gone)
+SOURCE_GONE = {errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ENOENT, errno.ESTALE}
+
+
+@dataclass
+class Progress:
+    """Live progress of one import; handed to the ``progress`` callback (read-only there)."""
+
+    phase: str = "scanning"  # scanning, database_import, file_copying, post_processing, done
+    session_uuid: str | None = None
+    source: str = ""
+    storage_path: str | None = None
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    current_file: str | None = None
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def elapsed(self) -> float:
+        return max(time.monotonic() - self.started, 1e-6)
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_done / self.elapsed / 1e6
+
+    @property
+    def eta_seconds(self) -> float | None:
+        if not self.bytes_done or self.bytes_done >= self.bytes_total:
+            return None
+        return (self.bytes_total - self.bytes_done) / (self.bytes_done / self.elapsed)
+
+    def as_json(self) -> dict:
+        return {
+            "phase": self.phase,
+            "session_uuid": self.session_uuid,
+            "source": self.source,
+            "storage_path": self.storage_path,
+            "files_total": self.files_total,
+            "files_done": self.files_done,
+            "bytes_total": self.bytes_total,
+            "bytes_done": self.bytes_done,
+            "current_file": paths.display(self.current_file) if self.current_file else None,
+            "mb_per_s": round(self.mb_per_s, 2),
+            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
+        }
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class Copied:
+    file: SourceFile
+    storage_rel: str  # below files/
+    sha256: str
+    copied_at: str
+
+
+@dataclass
+class NotCopied:
+    file: SourceFile
+    reason: str
+    fatal: bool  # True: the session cannot go on (archive full, card gone, cancelled)
+    knock_on: bool = False  # not attempted because of another file's fatal error
+
+
+# --- the engine --------------------------------------------------------------------------------
+
+
+class CopyStage:
+    """One run of the copy stage for one session (a new import or a resume)."""
+
+    def __init__(
+        self,
+        config: Config,
+        catalog: Catalog,
+        session_row_id: int,
+        session_dir: str,
+        manifest: SessionManifest,
+        source_root: str,
+        scan: ScanResult,
+        verify: str,
+        workers: int,
+        thumbnails: bool,
+        cancel: threading.Event | None,
+        progress_cb: ProgressCallback | None,
+        progress: Progress,
+    ) -> None:
+        self.config = config
+        self.catalog = catalog
+        self.row_id = session_row_id
+        self.session_dir = session_dir
+        self.files_dir = os.path.join(session_dir, "files")
+        self.manifest = manifest
+        self.source_root = source_root
+        self.scan = scan
+        self.verify = verify
+        self.workers = workers
+        self.thumbnails = thumbnails
+        self.cancel = cancel or threading.Event()
+        self.abort = threading.Event()
+        self.progress_cb = progress_cb
+        self.progress = progress
+        self._bytes_lock = threading.Lock()
+        self._last_report = 0.0
+        self.copied_now = 0
+        self.fatal: str | None = None
+
+    # progress ----------------------------------------------------------------------------
+
+    def _report(self, force: bool = False) -> None:
+        if self.progress_cb is None:
+            return
+        now = time.monotonic()
+        if force or now - self._last_report >= 0.1:
+            self._last_report = now
+            try:
+                self.progress_cb(self.progress)
+            except Exception:  # a broken display never breaks an import
+                log.debug("progress_callback_failed", exc_info=True)
+
+    def _on_bytes(self, n: int) -> None:
+        with self._bytes_lock:
+            self.progress.bytes_done += n
+
+    # workers -----------------------------------------------------------------------------
+
+    def _source_gone(self) -> bool:
+        try:
+            return os.stat(self.source_root).st_dev != self.scan.device
+        except OSError:
+            return True
+
+    def copy_one(self, f: SourceFile, known_sha: str | None) -> Copied | NotCopied:
+        """Copy, verify and commit one file. Runs in a worker thread; touches only the disk."""
+        if self.cancel.is_set():
+            return NotCopied(f, "interrupted (stop requested)", fatal=True)
+        if self.abort.is_set():
+            return NotCopied(f, "not attempted: the session stopped on an earlier error", fatal=True, knock_on=True)
+        src = os.path.join(self.source_root, f.rel)
+        self.progress.current_file = f.rel
+        try:
+            fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError as e:
+            return self._source_failure(f, e)
+        sink = durable.Sink(os.path.join(self.files_dir, f.rel))
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return NotCopied(f, "no longer a regular file", fatal=False)
+            try:
+                sink.open()
+            except OSError as e:
+                return self._dest_failure(f, "create", e)
+            try:
+                outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.cancel)
+            except durable.SourceIOError as e:
+                sink.discard()
+                return self._source_failure(f, e)
+            except InterruptedError:
+                sink.discard()
+                return NotCopied(f, "interrupted (stop requested)", fatal=True)
+            except OSError as e:
+                sink.discard()
+                return self._dest_failure(f, "write", e)
+            try:
+                sink.finish((st.st_atime_ns, st.st_mtime_ns))
+            except OSError as e:
+                # never retried: after a failed fsync the data may already be lost
+                sink.discard()
+                return self._dest_failure(f, "fsync", e)
+            if known_sha is not None and known_sha != outcome.sha256:
+                sink.discard()
+                return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
+            try:
+                problem = sink.verify(self.verify, outcome.sha256, outcome.size)
+            except OSError as e:
+                sink.discard()
+                return self._dest_failure(f, "verify", e)
+            if problem is None and self.verify == "paranoid":
+                try:
+                    digest, _ = durable.hash_from_disk(src)
+                except OSError as e:
+                    sink.discard()
+                    return self._source_failure(f, e)
+                if digest != outcome.sha256:
+                    problem = "source re-read gives a different sha256"
+            if problem is not None:
+                sink.discard()
+                return NotCopied(f, f"verification failed: {problem}", fatal=False)
+            storage_rel = self._commit(sink, f.rel)
+            if storage_rel is None:
+                return NotCopied(f, "no free name in the archive for it", fatal=False)
+            return Copied(f, storage_rel, outcome.sha256, storage.iso(storage.utcnow()) or "")
+        except OSError as e:
+            sink.discard()
+            return self._dest_failure(f, "commit", e)
+        finally:
+            os.close(fd)
+
+    def _commit(self, sink: durable.Sink, rel: str) -> str | None:
+        """Commit under the file's own name, or ``name~N.ext`` when that is taken (a
+        case-insensitive archive, or a file left by an earlier run that is not this one)."""
+        base_dir, name = os.path.split(rel)
+        stem, ext = os.path.splitext(name)
+        for n in range(0, 1000):
+            candidate = rel if n == 0 else (f"{base_dir}/{stem}~{n}{ext}" if base_dir else f"{stem}~{n}{ext}")
+            sink.target = os.path.join(self.files_dir, candidate)
+            try:
+                sink.commit()
+                return candidate
+            except FileExistsError:
+                continue
+        sink.discard()
+        return None
+
+    def _source_failure(self, f: SourceFile, e: OSError) -> NotCopied:
+        if e.errno in SOURCE_GONE or self._source_gone():
+            self.abort.set()
+            return NotCopied(f, f"the source went away ({e.strerror or e}); the card was probably removed", fatal=True)
+        return NotCopied(f, f"unreadable: {e.strerror or e}", fatal=False)
+
+    def _dest_failure(self, f: SourceFile, op: str, e: OSError) -> NotCopied:
+        self.abort.set()
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            msg = f"the archive is full ({op}: {e.strerror})"
+        elif e.errno == errno.EROFS:
+            msg = f"the archive became read-only ({op}: {e.strerror})"
+        else:
+            msg = f"archive {op} failed: {e.strerror or e}"
+        return NotCopied(f, msg, fatal=True)
+
+    # the stage -------------------------------------------------------------------------
+
+    def run(self, to_copy: list[SourceFile], known: dict[str, str]) -> None:
+        """Copy ``to_copy``; record each committed file in the catalog and the manifest."""
+        self.progress.phase = "file_copying"
+        self._report(force=True)
+        post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size)
+        pending: set[Future] = set()
+        last_checkpoint = time.monotonic()
+        items = iter(to_copy)
+        # Submit at most a few files beyond the workers, so a stop leaves little queued.
+        stopped = False  # files were left unsubmitted: the session cannot be complete
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imalinkd-copy") as pool:
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < self.workers * 2:
+                    f = next(items, None)
+                    if f is None:
+                        exhausted = True
+                        break
+                    pending.add(pool.submit(self.copy_one, f, known.get(f.rel)))
+                if not pending:
+                    break
+                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
+                for fut in done:
+                    self._record(fut.result(), post)
+                if (self.abort.is_set() or self.cancel.is_set()) and not exhausted:
+                    exhausted = stopped = next(items, None) is not None or stopped
+                if time.monotonic() - last_checkpoint >= self.config.import_.checkpoint_seconds:
+                    self.checkpoint()
+                    last_checkpoint = time.monotonic()
+                self._report()
+        self.progress.current_file = None
+        if stopped and self.fatal is None:
+            self.fatal = "interrupted (stop requested)" if self.cancel.is_set() else "stopped on an earlier error"
+        if self.fatal is None and self.thumbnails is not None:
+            self.progress.phase = "post_processing"
+            self._report(force=True)
+        post.finish(self.thumbnails and self.fatal is None)
+
+    def _record(self, result: Copied | NotCopied, post: PostProcessor) -> None:
+        if isinstance(result, NotCopied):
+            if result.fatal:
+                if result.knock_on:
+                    return
+                if self.fatal is None:
+                    self.fatal = result.reason
+                    log.error("import_stopped", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)
+                return
+            log.warning("file_not_imported", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)
+            entry = SkippedEntry(result.file.rel, result.reason, result.file.size)
+            self.manifest.skipped.append(entry)
+            with self.catalog.session() as s:
+                s.add(SkippedFile(session_id=self.row_id, original_path=entry.original_path, reason=entry.reason, file_size=entry.file_size))
+            return
+        f = result.file
+        entry = FileEntry(
+            original_path=f.rel,
+            storage_path="files/" + result.storage_rel,
+            file_size=f.size,
+            sha256=result.sha256,
+            copied_at=result.copied_at,
+            mtime=f.mtime_ns / 1e9,
+        )
+        self.manifest.file_manifest.append(entry)
+        with self.catalog.session() as s:
+            img = Image(
+                session_id=self.row_id,
+                storage_relative_path=result.storage_rel,
+                original_import_path=f.rel,
+                file_size=f.size,
+                sha256=result.sha256,
+                mtime=f.mtime_ns / 1e9,
+                copied_at=storage.parse_iso(result.copied_at),
+            )
+            s.add(img)
+            row = s.get(ImportSession, self.row_id)
+            row.total_files += 1
+            row.total_size_bytes += f.size
+            row.storage_size_mb = row.total_size_bytes // (1024 * 1024)
+        self.copied_now += 1
+        self.progress.files_done += 1
+        self._report(force=True)
+        post.submit(entry)
+
+    def checkpoint(self) -> None:
+        """Rewrite metadata.json with what is committed so far."""
+        try:
+            write_manifest(self.session_dir, self.manifest)
+        except OSError as e:
+            log.warning("manifest_checkpoint_failed", session_id=self.manifest.import_session_id, error=e.strerror)

@@ -1,0 +1,151 @@
+"""Stage 5, post-process: EXIF metadata, Photos (the files of one shot) and thumbnails.
+
+Runs off the copy's critical path: one background thread reads the archived copies while
+the copy stage goes on, and broken media never fails an import (its metadata is recorded
+as missing, with the reason)."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import structlog
+from sqlalchemy import select
+
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo
+from imalinkd.manifest import FileEntry
+from imalinkd.plan import photo_key
+
+log = structlog.get_logger()
+
+
+class PostProcessor:
+    """EXIF and thumbnails, off the copy's critical path: one background thread reads the
+    archived copies while the copy stage goes on; the copy never waits for it."""
+
+    def __init__(self, catalog: Catalog, row_id: int, session_dir: str, thumbnail_size: int) -> None:
+        self.catalog = catalog
+        self.row_id = row_id
+        self.session_dir = session_dir
+        self.thumbnail_size = thumbnail_size
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imalinkd-media")
+        self.futures: list[tuple[FileEntry, Future]] = []
+
+    def submit(self, entry: FileEntry) -> None:
+        if self.pool is None:
+            return
+        path = os.path.join(self.session_dir, entry.storage_path)
+        self.futures.append((entry, self.pool.submit(_extract_media, path)))
+
+    def finish(self, thumbnails: bool) -> None:
+        """Collect metadata into the manifest and catalog, then make thumbnails."""
+        if self.pool is None:
+            return
+        by_path: dict[str, dict] = {}
+        for entry, fut in self.futures:
+            try:
+                media, error = fut.result()
+            except Exception as e:  # a reader bug must not fail the import
+                media, error = None, f"metadata reader failed: {e.__class__.__name__}"
+            entry.media = media or None
+            entry.media_error = error
+            by_path[entry.files_relative] = {"media": media, "error": error}
+        if by_path:
+            with self.catalog.session() as s:
+                for img in s.scalars(select(Image).where(Image.session_id == self.row_id)):
+                    got = by_path.get(img.storage_relative_path)
+                    if got is not None:
+                        img.media_json = json.dumps(got["media"]) if got["media"] else None
+                        img.media_error = got["error"]
+        if thumbnails:
+            make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool)
+        self.pool.shutdown(wait=True)
+
+
+def _extract_media(path: str) -> tuple[dict | None, str | None]:
+    try:
+        from imalinkd.media import extract_media
+    except ImportError:
+        return None, None
+    info = extract_media(path)
+    return info.as_manifest(), info.error
+
+
+def build_photos(catalog: Catalog, row_id: int) -> int:
+    """(Re)build the session's Photo rows from its Images: one per directory + stem.
+    Returns the number of Photos. Capture time and camera come from the best member."""
+    try:
+        from imalinkd.media import best_member
+    except ImportError:
+        best_member = None
+    with catalog.session() as s:
+        images = list(s.scalars(select(Image).where(Image.session_id == row_id)))
+        existing = {p.key: p for p in s.scalars(select(Photo).where(Photo.session_id == row_id))}
+        groups: dict[str, list[Image]] = {}
+        for img in images:
+            groups.setdefault(photo_key(img.storage_relative_path), []).append(img)
+        for key, members in groups.items():
+            photo = existing.get(key)
+            if photo is None:
+                photo = Photo(session_id=row_id, key=key)
+                s.add(photo)
+            best = members[0]
+            if best_member is not None:
+                try:
+                    chosen = best_member([m.storage_relative_path for m in members])
+                    best = next((m for m in members if m.storage_relative_path == chosen), best)
+                except Exception:
+                    pass
+            media = json.loads(best.media_json) if best.media_json else {}
+            if not media:
+                media = next((json.loads(m.media_json) for m in members if m.media_json), {})
+            photo.taken_at = media.get("taken_at")
+            photo.camera_make = media.get("camera_make")
+            photo.camera_model = media.get("camera_model")
+            photo.camera_serial = media.get("camera_serial")
+            photo.lens_model = media.get("lens_model")
+            photo.orientation = media.get("orientation")
+            photo.width = media.get("width")
+            photo.height = media.get("height")
+            gps = media.get("gps") or {}
+            photo.gps_lat, photo.gps_lon, photo.gps_alt = gps.get("lat"), gps.get("lon"), gps.get("alt")
+            for m in members:
+                m.photo = photo
+        row = s.get(ImportSession, row_id)
+        row.photos_created = len(groups)
+        return len(groups)
+
+
+def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None) -> int:
+    """A JPEG per Photo under ``thumbnails/``; returns how many were made."""
+    try:
+        from imalinkd.thumbnails import make_thumbnail, pick_thumbnail_source
+    except ImportError:
+        return 0
+    build_photos(catalog, row_id)
+    with catalog.session() as s:
+        photos = [(p.id, p.key, p.orientation, [m.storage_relative_path for m in p.images]) for p in s.scalars(select(Photo).where(Photo.session_id == row_id))]
+    made: dict[int, str] = {}
+
+    def one(item):
+        pid, key, orientation, members = item
+        src = pick_thumbnail_source([os.path.join(session_dir, "files", m) for m in members])
+        if src is None:
+            return pid, None
+        rel = "thumbnails/" + key.replace("/", "__") + ".jpg"
+        dest = os.path.join(session_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        result = make_thumbnail(src, dest, size=size)
+        return pid, rel if getattr(result, "ok", False) else None
+
+    results = pool.map(one, photos) if pool is not None else map(one, photos)
+    for pid, rel in results:
+        if rel:
+            made[pid] = rel
+    with catalog.session() as s:
+        for pid, rel in made.items():
+            p = s.get(Photo, pid)
+            if p is not None:
+                p.thumbnail_path = rel
+    return len(made)

@@ -1,0 +1,204 @@
+"""Session-level facts every command needs: where the archive is now, whether a session's
+importer is still alive, its JSON shape, and the per-session lock."""
+
+from __future__ import annotations
+
+import os
+import socket
+import threading
+
+import psutil
+import structlog
+from sqlalchemy import select
+
+from imalinkd import paths, storage
+from imalinkd.catalog import Catalog, ImportSession, StorageRoot
+from imalinkd.config import Config
+from imalinkd.errors import ImalinkError, SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
+
+log = structlog.get_logger()
+
+LOCK_NAME = ".imalinkd.lock"
+
+# sessions being imported by this process (a daemon runs several in threads)
+_ACTIVE: set[str] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+# --- storage resolution ----------------------------------------------------------------------
+
+
+def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathLike[str] | None = None) -> tuple[str, storage.Marker]:
+    """The live storage root to import into, made a root on first use.
+
+    Mount guard: a configured root that the catalog has seen before but whose marker is gone
+    is an unplugged drive, not an empty folder: refuse rather than start a new archive on
+    the bare mount point."""
+    root = os.fspath(root_override) if root_override else (str(config.storage_root) if config.storage_root else None)
+    wanted = config.storage.storage_id if not root_override else None
+    if root is None:
+        found = find_root_by_id(config, catalog, wanted or "")
+        if found is None:
+            raise StorageNotFoundError(path=wanted, storage_id=wanted, where=" (searched every mounted file system)")
+        root = found
+    root = os.path.abspath(root)
+    marker = storage.read_marker(root) if os.path.isdir(root) else None
+    if marker is None:
+        with catalog.session() as s:
+            known = s.scalars(select(StorageRoot).where(StorageRoot.last_seen_path == root)).first()
+            if known is not None:
+                raise StorageNotMountedError(path=root, storage_id=known.storage_id)
+        marker = storage.init_storage(root)
+        log.info("storage_initialised", storage_path=root, storage_id=marker.storage_id)
+    if wanted and marker.storage_id != wanted:
+        raise StorageError(path=root, message=f"holds storage {marker.storage_id}, but the config asks for {wanted}")
+    record_root(catalog, root, marker)
+    return root, marker
+
+
+def find_root_by_id(config: Config, catalog: Catalog, storage_id: str) -> str | None:
+    """Where the storage with this identity is mounted now (None: not reachable)."""
+    try:
+        from imalinkd.locate import resolve_root
+    except ImportError:
+        resolve_root = None
+    if resolve_root is not None:
+        return resolve_root(config, catalog, storage_id)
+    with catalog.session() as s:
+        row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == storage_id)).first()
+        last = row.last_seen_path if row else None
+    candidates = [p for p in (str(config.storage.root) if config.storage.root else None, last) if p]
+    for p in candidates:
+        try:
+            m = storage.read_marker(p)
+        except ImalinkError:
+            m = None
+        if m is not None and m.storage_id == storage_id:
+            return p
+    for found in storage.scan_all_mounts(config.storage.search_depth):
+        if found.marker.storage_id == storage_id:
+            return found.path
+    return None
+
+
+def record_root(catalog: Catalog, root: str, marker: storage.Marker) -> None:
+    now = storage.utcnow()
+    try:
+        free, total = storage.disk_free(root)
+    except OSError:
+        free = total = None
+    with catalog.session() as s:
+        row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == marker.storage_id)).first()
+        if row is None:
+            row = StorageRoot(storage_id=marker.storage_id, first_seen_at=now)
+            s.add(row)
+        row.label = marker.label
+        row.last_seen_path = root
+        row.last_seen_at = now
+        row.free_bytes, row.total_bytes = free, total
+
+
+def session_dir_of(config: Config, catalog: Catalog, row: ImportSession) -> str | None:
+    """The session's directory at its live path now, or None when its drive is away."""
+    try:
+        from imalinkd.locate import session_path
+    except ImportError:
+        session_path = None
+    if session_path is not None:
+        return session_path(config, catalog, row)
+    if not row.storage_id or not row.storage_directory_name:
+        return None
+    root = find_root_by_id(config, catalog, row.storage_id)
+    if root is None:
+        return None
+    d = os.path.join(root, row.storage_directory_name)
+    return d if os.path.isdir(d) and not os.path.islink(d) else None
+
+
+# --- liveness --------------------------------------------------------------------------------
+
+
+def importer_alive(row: ImportSession) -> bool:
+    """Is some process still importing this session? (A crashed one is not.)"""
+    if row.importer_pid is None or row.importer_host != socket.gethostname():
+        return False
+    if row.importer_pid == os.getpid():
+        with _ACTIVE_LOCK:
+            return row.storage_uuid in _ACTIVE
+    try:
+        proc = psutil.Process(row.importer_pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and any("imalinkd" in part for part in proc.cmdline())
+    except (psutil.Error, OSError):
+        return False
+
+
+def effective_status(row: ImportSession) -> str:
+    """DESIGN §2: a session left ``in_progress`` with no importer alive counts as failed."""
+    if row.copy_status == "in_progress" and not importer_alive(row):
+        return "failed"
+    return row.copy_status
+
+
+def session_json(row: ImportSession, storage_path: str | None) -> dict:
+    """The JSON shape of a session in ``sessions``/``import`` output (DESIGN §6)."""
+    return {
+        "id": row.id,
+        "import_session_id": row.storage_uuid,
+        "storage_directory_name": row.storage_directory_name,
+        "storage_path": storage_path,
+        "storage_id": row.storage_id,
+        "copy_status": effective_status(row),
+        "description": row.description,
+        "created_at": storage.iso(row.created_at),
+        "copy_started_at": storage.iso(row.copy_started_at),
+        "copy_completed_at": storage.iso(row.copy_completed_at),
+        "total_files": row.total_files,
+        "total_size_bytes": row.total_size_bytes,
+        "storage_size_mb": row.storage_size_mb,
+        "photos_created": row.photos_created,
+        "duplicates_skipped": row.duplicates_skipped,
+        "skipped_count": row.skipped_count,
+        "original_source_path": paths.display(row.original_source_path) if row.original_source_path else None,
+        "source": {k: v for k, v in (("kind", row.source_kind), ("label", row.source_label), ("fs_uuid", row.source_fs_uuid)) if v},
+        "copy_files": row.copy_files,
+        "missing": row.missing,
+        "error": row.error,
+    }
+
+
+# --- the session lock --------------------------------------------------------------------------
+
+
+class SessionLock:
+    """An exclusive ``flock`` on ``<session>/.imalinkd.lock``: one importer per session."""
+
+    def __init__(self, session_dir: str, session_uuid: str) -> None:
+        self.path = os.path.join(session_dir, LOCK_NAME)
+        self.session_uuid = session_uuid
+        self.fd = -1
+
+    def acquire(self) -> None:
+        import fcntl
+
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(self.fd)
+            self.fd = -1
+            raise SessionBusyError(session=self.session_uuid) from None
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(self.session_uuid)
+
+    def release(self, remove: bool) -> None:
+        with _ACTIVE_LOCK:
+            _ACTIVE.discard(self.session_uuid)
+        if self.fd < 0:
+            return
+        if remove:
+            try:
+                os.unlink(self.path)
+            except OSError:
+                pass
+        os.close(self.fd)
+        self.fd = -1
