@@ -457,3 +457,17 @@ def test_card_waits_for_the_archive_and_starts_when_it_is_mounted(workdir, make_
         d.stop()
         d.close()
         subprocess.run(["umount", str(plugged)], capture_output=True)
+
+
+def test_card_put_back_at_once_elsewhere_still_ends_in_one_complete_session(daemon, make_card, workdir):
+    card = _big_card(make_card)
+    daemon.start()
+    first = workdir / "media" / "slot1"
+    card.mount(first)
+    wait_for(lambda: daemon.has_event("import_started"), 30, "the import to start", interval=0.05)
+    card.unmount(first, lazy=True)
+    card.mount(workdir / "media" / "slot2")  # before the first job has necessarily noticed
+    [done] = wait_for(lambda: completed(daemon.config), 60, "a completed session", interval=0.5)
+    assert len(sessions(daemon.config)) == 1
+    assert_archived(done, card)
+    assert daemon.stop() < 10

@@ -6,6 +6,7 @@ from pathlib import Path
 from imalinkd.config import CardPolicy, Config
 from imalinkd.daemon.identify import CardIdentity
 from imalinkd.daemon.policy import (
+    BUSY,
     DEFAULT_CARD_POLICY,
     card_description,
     card_job_key,
@@ -107,13 +108,13 @@ def test_plan_card_job_for_a_new_card():
     assert job is not None and job.description == "EOS_DIGITAL" and job.device == "/dev/loop3"
 
 
-def test_plan_card_job_refuses_a_second_job_for_a_busy_card():
+def test_plan_card_job_defers_a_second_job_for_a_busy_card():
     key = card_job_key(EOS, "7:3")
     kind, job, reason = plan_card_job(
         config=Config(), mount_point=Path("/mnt/other"), mount_source="/dev/loop3",
         device_number="7:3", identity=EOS, has_dcim=True, storage_roots=(), busy_keys={key},
     )
-    assert kind == "card" and job is None and "already running" in reason
+    assert kind == "card" and job is not None and reason == BUSY
 
 
 def test_plan_for_archive_has_no_card_job():

@@ -153,6 +153,9 @@ class CardJob:
     description: str
 
 
+BUSY = "busy"
+
+
 def plan_card_job(
     *,
     config: Config,
@@ -165,9 +168,12 @@ def plan_card_job(
     busy_keys: frozenset[str] | set[str] = frozenset(),
     now: datetime | None = None,
 ) -> tuple[MountKind, CardJob | None, str]:
-    """Decide what a new mount means: ``(kind, job or None, reason)``.
+    """Decide what a new mount means: ``(kind, job, reason)``.
 
-    ``reason`` is a short phrase for the log when there is no job (busy, ignored rule, …).
+    ``job`` is None unless the mount is a card to import. ``reason`` is ``"start"`` when the
+    job can start now, ``BUSY`` when an import of the same card is running (the job is to
+    start after it: the card may have been pulled and put back, at another mount point,
+    before its job noticed), else a short phrase for the log.
     """
     policy = match_card_policy(config.cards, identity, mount_point, has_dcim)
     kind = classify_mount(card_policy=policy, storage_roots=storage_roots)
@@ -177,8 +183,6 @@ def plan_card_job(
         return kind, None, "not a card" if kind == "ignore" else "archive"
     assert policy is not None
     key = card_job_key(identity, device_number)
-    if key in busy_keys:
-        return kind, None, "an import of this card is already running"
     job = CardJob(
         key=key,
         mount_point=mount_point,
@@ -187,7 +191,7 @@ def plan_card_job(
         policy=policy,
         description=card_description(policy, identity, mount_point, now),
     )
-    return kind, job, "card"
+    return kind, job, BUSY if key in busy_keys else "start"
 
 
 def drop_files_to_delete(

@@ -124,7 +124,8 @@ class MountRecord:
 class DaemonState:
     mounts: dict[Path, MountRecord] = field(default_factory=dict)
     jobs: dict[str, Job] = field(default_factory=dict)
-    waiting: dict[str, CardJob] = field(default_factory=dict)
+    waiting: dict[str, CardJob] = field(default_factory=dict)  # no archive reachable
+    deferred: dict[str, CardJob] = field(default_factory=dict)  # same card already importing
     pending_drops: dict[str, DropBatchSettled] = field(default_factory=dict)  # behind a running job
     waiting_drops: dict[str, DropBatchSettled] = field(default_factory=dict)  # no archive yet
     automounted: dict[str, Path] = field(default_factory=dict)  # device -> mount point
@@ -349,7 +350,7 @@ class Daemon:
             identity=ident,
             has_dcim=dcim,
             storage_roots=roots,
-            busy_keys=set(self.state.jobs) | set(self.state.waiting),
+            busy_keys=set(self.state.jobs),
         )
         record = MountRecord(event=event, kind=kind, key=job.key if job else None, storage_roots=roots)
         self.state.mounts[mp] = record
@@ -368,8 +369,11 @@ class Daemon:
             "card_mounted", mount_point=str(mp), label=label, card_uuid=fs_uuid,
             device=event.mount_source, fstype=fstype or event.fstype, has_dcim=dcim,
         )
-        if job is None:
-            log.info("card_job_not_started", mount_point=str(mp), label=label, reason=reason)
+        assert job is not None
+        if reason == policy.BUSY:
+            # Started when the running import of this card ends (see on_job_finished).
+            self.state.deferred[job.key] = job
+            log.info("card_deferred", mount_point=str(mp), label=label, reason="an import of this card is running")
             return
         self._start_card_job(job)
 
@@ -379,6 +383,9 @@ class Daemon:
             return
         if record.kind == "card":
             log.info("card_unmounted", mount_point=str(event.mount_point))
+            for key, deferred in list(self.state.deferred.items()):
+                if deferred.mount_point == event.mount_point:
+                    del self.state.deferred[key]
             for key, waiting in list(self.state.waiting.items()):
                 if waiting.mount_point == event.mount_point:
                     del self.state.waiting[key]
@@ -454,6 +461,9 @@ class Daemon:
             action = after_import_action(card.policy.after_import, event.outcome)
             if action:
                 self._after_import(card, action)
+            later = self.state.deferred.pop(card.key, None)
+            if later is not None and later.mount_point in self.state.mounts and not self.stopping.is_set():
+                self._start_card_job(later)
         if job.kind == "drop_folder":
             if event.outcome == "waiting_for_storage" and job.batch is not None:
                 self.state.waiting_drops[job.key] = job.batch
