@@ -5,7 +5,6 @@ HTTP on a loopback port, and stopped with SIGTERM."""
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import signal
 import socket
