@@ -168,8 +168,10 @@ def _extract(path: Path) -> MediaInfo:
         for key, value in found.items():
             fields.setdefault(key, value)
     # exiftool knows maker-note dates and formats the libraries do not; it is a separate
-    # process (about 0.2 s), so it is asked only about the few files still undated.
-    if "taken_at" not in fields and find_exiftool():
+    # process (about 0.2 s), so it is asked only about still undated files that are real
+    # images to the libraries (a date in a maker note) or of the formats they cover least —
+    # never about every unreadable file of an import.
+    if "taken_at" not in fields and (fields or path.suffix.lower() in EXIFTOOL_FORMATS) and find_exiftool():
         try:
             for key, value in _read_exiftool(path).items():
                 fields.setdefault(key, value)
@@ -619,6 +621,11 @@ _EXIFTOOL_ARGS = (
     "-Orientation", "-ImageWidth", "-ImageHeight", "-Composite:GPSLatitude",
     "-Composite:GPSLongitude", "-Composite:GPSAltitude",
 )
+
+
+# formats whose capture time the libraries above often miss (exifread cannot read them;
+# exiv2 only partly), and video containers other than the MP4/MOV/MTS parsed here
+EXIFTOOL_FORMATS = {".x3f", ".iiq", ".cr3", ".crw", ".raf", ".mrw", ".avi", ".mkv", ".3gp", ".m4v", ".mpg"}
 
 
 @functools.lru_cache(maxsize=1)
