@@ -140,3 +140,30 @@ def test_marker_behind_a_symlink_is_not_followed(tmp_path):
     (tmp_path / "mnt").mkdir()
     (tmp_path / "mnt" / "link").symlink_to(tmp_path / "real")
     assert find_storage_roots(tmp_path / "mnt", 2) == ()
+
+
+def test_reused_loop_device_name_gets_the_new_filesystems_identity(tmp_path):
+    """blkid's cache answers by device name; a reused name must not carry the old card's
+    identity over to the next one."""
+    require_loop_mounts()
+    images = []
+    for label in ("FIRST", "SECOND"):
+        img = tmp_path / f"{label}.img"
+        with open(img, "wb") as f:
+            f.truncate(16 * 1024 * 1024)
+        subprocess.run(["mkfs.exfat", "-L", label, str(img)], check=True, capture_output=True)
+        images.append(img)
+    for _attempt in range(5):  # another process may grab the freed device in between
+        dev = subprocess.run(["losetup", "-f", "--show", str(images[0])], check=True, capture_output=True, text=True).stdout.strip()
+        try:
+            assert probe_filesystem(dev)[1] == "FIRST"
+        finally:
+            subprocess.run(["losetup", "-d", dev], check=True)
+        if subprocess.run(["losetup", dev, str(images[1])], capture_output=True).returncode == 0:
+            break
+    else:
+        pytest.fail("could not reattach a loop device")
+    try:
+        assert probe_filesystem(dev)[1] == "SECOND"
+    finally:
+        subprocess.run(["losetup", "-d", dev], check=False)

@@ -59,19 +59,22 @@ def probe_filesystem(device: str, *, timeout: float = 10.0) -> tuple[str | None,
             return None, None, None
     except (OSError, ValueError):
         return None, None, None
-    try:
-        proc = subprocess.run(
-            ["blkid", "-o", "export", device],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        log.warning("blkid_failed", device=device, error=str(e))
-        return None, None, None
-    info = parse_blkid_export(proc.stdout)
-    return info.get("UUID") or None, info.get("LABEL") or None, info.get("TYPE") or None
+    # -p probes the superblock itself. blkid's cache (/run/blkid) would answer for the
+    # device name, and a loop or USB device name is reused for another filesystem all the
+    # time: a stale entry would give a card another card's identity. Without the right to
+    # read the device, -p says nothing and the cache is the best there is.
+    for args in (["-p", "-o", "export"], ["-o", "export"]):
+        try:
+            proc = subprocess.run(
+                ["blkid", *args, device], capture_output=True, text=True, timeout=timeout, check=False
+            )
+        except (OSError, subprocess.TimeoutExpired) as e:
+            log.warning("blkid_failed", device=device, error=str(e))
+            return None, None, None
+        info = parse_blkid_export(proc.stdout)
+        if info.get("TYPE") or info.get("UUID"):
+            return info.get("UUID") or None, info.get("LABEL") or None, info.get("TYPE") or None
+    return None, None, None
 
 
 def has_dcim(mount_point: Path) -> bool:
