@@ -68,3 +68,11 @@ def test_watchdog_pid_of_another_process_disables_pings():
     assert SystemdNotifier(env).watchdog_interval() is None
     env["WATCHDOG_PID"] = str(os.getpid())
     assert SystemdNotifier(env).watchdog_interval() == 1.0
+
+
+def test_reloading_carries_a_monotonic_timestamp(listener):
+    path, sock = listener
+    SystemdNotifier({"NOTIFY_SOCKET": path}).reloading()
+    lines = sock.recv(4096).decode().split("\n")
+    assert lines[0] == "RELOADING=1" and lines[1].startswith("MONOTONIC_USEC=")
+    assert int(lines[1].split("=")[1]) > 0

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import os
 import socket
+import time
 
 import structlog
 
@@ -67,7 +68,10 @@ class SystemdNotifier:
         return self.notify("WATCHDOG=1")
 
     def reloading(self) -> bool:
-        return self.notify("RELOADING=1")
+        """RELOADING=1 with the CLOCK_MONOTONIC timestamp newer systemd asks for; READY=1
+        ends the reload."""
+        usec = time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
+        return self.notify("RELOADING=1", f"MONOTONIC_USEC={usec}")
 
     def stopping(self, status: str | None = None) -> bool:
         lines = ["STOPPING=1"]

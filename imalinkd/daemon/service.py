@@ -412,7 +412,7 @@ class Daemon:
 
         target = udev.automount_dir(self.config.daemon.state_dir / "media", event.label, event.fs_uuid, event.device)
         try:
-            udev.mount_readonly(event.device, target)
+            udev.mount_readonly(event.device, target, event.fstype)
         except (OSError, subprocess.SubprocessError) as e:
             log.error("automount_failed", device=event.device, target=str(target), error=str(e))
             return

@@ -15,6 +15,7 @@ import os
 import queue
 import re
 import select
+import shutil
 import subprocess
 import threading
 from pathlib import Path
@@ -165,13 +166,27 @@ def automount_dir(media_root: Path, label: str | None, fs_uuid: str | None, devi
 
 
 def mount_readonly(device: str, target: Path, fstype: str | None = None) -> None:
-    """Mount ``device`` at ``target`` read-only with ``nosuid,nodev,noexec``. Raises
-    OSError with mount's message when it fails."""
+    """Mount ``device`` at ``target`` read-only with ``nosuid,nodev,noexec``. exFAT falls back
+    to FUSE (``mount.exfat-fuse``) when the kernel has no driver for it. Raises OSError with
+    mount's message when it fails."""
     target.mkdir(parents=True, exist_ok=True)
     cmd = ["mount", "-o", AUTOMOUNT_OPTIONS]
     if fstype:
         cmd += ["-t", fstype]
     proc = subprocess.run([*cmd, device, str(target)], capture_output=True, text=True, timeout=60)
+    if proc.returncode != 0 and fstype == "exfat" and shutil.which("mount.exfat-fuse"):
+        proc = subprocess.run(
+            ["mount.exfat-fuse", "-o", AUTOMOUNT_OPTIONS, device, str(target)],
+            capture_output=True, text=True, timeout=60,
+        )
+        if proc.returncode == 0:
+            # exfat-fuse drops noexec; set the flags on the mount point itself.
+            proc = subprocess.run(
+                ["mount", "-o", f"remount,bind,{AUTOMOUNT_OPTIONS}", str(target)],
+                capture_output=True, text=True, timeout=60,
+            )
+            if proc.returncode != 0:
+                subprocess.run(["umount", str(target)], capture_output=True, timeout=60)
     if proc.returncode != 0:
         try:
             target.rmdir()

@@ -1,0 +1,124 @@
+"""The service's decisions on plain values, and its automount against a real block device."""
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from imalinkd.config import Config, DaemonConfig
+from imalinkd.daemon.events import BlockDeviceAdded, BlockDeviceRemoved
+from imalinkd.daemon.policy import drop_files_to_delete
+from imalinkd.daemon.service import Daemon, after_import_action, outcome_of, status_text
+from imalinkd.daemon.udev import mount_readonly, unmount
+
+
+def test_status_names_running_and_waiting_cards():
+    assert status_text({}, {}, {}) == "idle, watching for cards"
+    text = status_text({"k1": "card EOS_DIGITAL"}, {"k2": "NIKON"}, {"k1": "12/340 files"})
+    assert text == "importing card EOS_DIGITAL (12/340 files); waiting for the archive: NIKON"
+
+
+def test_outcome_of_import_results():
+    assert outcome_of(SimpleNamespace(session_uuid=None, copy_status="completed")) == "nothing_new"
+    assert outcome_of(SimpleNamespace(session_uuid="u", copy_status="completed")) == "completed"
+    assert outcome_of(SimpleNamespace(session_uuid="u", copy_status="failed")) == "failed"
+
+
+def test_after_import_action_only_after_success():
+    assert after_import_action("unmount", "completed") == "unmount"
+    assert after_import_action("power-off", "nothing_new") == "power-off"
+    assert after_import_action("unmount", "failed") is None  # the card stays for the resume
+    assert after_import_action("unmount", "cancelled") is None
+    assert after_import_action("none", "completed") is None
+
+
+def test_drop_delete_takes_only_archived_unchanged_files():
+    folder = Path("/drop")
+    batch = (folder / "a.jpg", folder / "b.jpg", folder / "c.jpg", folder / "d.jpg", folder / "gone.jpg")
+    archived = {"a.jpg": 10, "b.jpg": 10}
+    sizes = {"a.jpg": 10, "b.jpg": 11, "c.jpg": 5, "d.jpg": 7}
+    assert drop_files_to_delete(batch, folder, archived, {"c.jpg"}, sizes) == [folder / "a.jpg", folder / "c.jpg"]
+
+
+# --- automount on a real loop device -----------------------------------------------------------
+
+
+def _require_root(*tools):
+    missing = [t for t in ("losetup", *tools) if shutil.which(t) is None]
+    if os.geteuid() != 0 or missing:
+        reason = "mounting needs root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{reason}; CI=true forbids skipping")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def loop_device(tmp_path):
+    devices = []
+
+    def attach(mkfs: list[str]) -> str:
+        img = tmp_path / f"dev{len(devices)}.img"
+        with open(img, "wb") as f:
+            f.truncate(16 * 1024 * 1024)
+        subprocess.run([*mkfs, str(img)], check=True, capture_output=True)
+        dev = subprocess.run(["losetup", "-f", "--show", str(img)], check=True, capture_output=True, text=True).stdout.strip()
+        devices.append(dev)
+        return dev
+
+    yield attach
+    for dev in devices:
+        for line in Path("/proc/self/mountinfo").read_text().splitlines():
+            fields = line.split(" - ")
+            if len(fields) == 2 and fields[1].split()[1] == dev:
+                subprocess.run(["umount", "-l", line.split()[4]], capture_output=True)
+        subprocess.run(["losetup", "-d", dev], capture_output=True)
+
+
+def _options_of(mount_point: Path) -> set[str]:
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        if line.split()[4] == str(mount_point):
+            return set(line.split()[5].split(","))
+    raise AssertionError(f"{mount_point} is not mounted")
+
+
+@pytest.mark.parametrize("fs", ["ext4", "exfat"])
+def test_mount_readonly_is_nosuid_nodev_noexec(tmp_path, loop_device, fs):
+    mkfs = ["mkfs.ext4", "-q", "-L", "CARD"] if fs == "ext4" else ["mkfs.exfat", "-L", "CARD"]
+    _require_root(mkfs[0])
+    dev = loop_device(mkfs)
+    target = tmp_path / "media" / "CARD"
+    mount_readonly(dev, target, fs)  # exFAT: FUSE when the kernel has no driver
+    try:
+        assert {"ro", "nosuid", "nodev", "noexec"} <= _options_of(target)
+    finally:
+        unmount(target)
+    assert not target.exists()
+
+
+def test_removable_card_is_automounted_under_the_state_dir_and_unmounted_when_removed(tmp_path, loop_device):
+    _require_root("mkfs.ext4")
+    dev = loop_device(["mkfs.ext4", "-q", "-L", "EOS_DIGITAL"])
+    config = Config(daemon=DaemonConfig(state_dir=tmp_path / "state", automount=True))
+    daemon = Daemon(config, None, environ={})
+    daemon.handle(BlockDeviceAdded(dev, "some-uuid", "EOS_DIGITAL", "ext4", removable=True))
+    target = tmp_path / "state" / "media" / "EOS_DIGITAL"
+    try:
+        assert daemon.state.automounted == {dev: target}
+        assert {"ro", "nosuid", "nodev", "noexec"} <= _options_of(target)
+    finally:
+        daemon.handle(BlockDeviceRemoved(dev))
+    assert daemon.state.automounted == {}
+    assert not target.exists()
+
+
+def test_fixed_disk_or_automount_off_is_left_alone(tmp_path):
+    config = Config(daemon=DaemonConfig(state_dir=tmp_path / "state", automount=True))
+    daemon = Daemon(config, None, environ={})
+    daemon.handle(BlockDeviceAdded("/dev/sda1", "u", "DATA", "ext4", removable=False))
+    off = Daemon(Config(daemon=DaemonConfig(state_dir=tmp_path / "state", automount=False)), None, environ={})
+    off.handle(BlockDeviceAdded("/dev/sdb1", "u", "EOS_DIGITAL", "exfat", removable=True))
+    assert daemon.state.automounted == {} and off.state.automounted == {}
+    assert not (tmp_path / "state" / "media").exists()
