@@ -359,6 +359,9 @@ def test_card_becomes_a_completed_session_and_the_same_card_again_makes_none(dae
     card.unmount(mp)
     card.mount(workdir / "media" / "elsewhere")
     wait_for(lambda: daemon.has_event("card_already_imported"), 30, "card_already_imported")
+    note = next(e for e in daemon.log_events() if e["event"] == "card_already_imported")["message"]
+    assert note == f"card EOS_DIGITAL: already imported in session {session['import_session_id'][:8]}; 0 new files"
+    wait_for(lambda: any(note in m for m in daemon.messages), 5, "the STATUS= line naming the session")
     assert len(sessions(daemon.config)) == 1
     assert daemon.stop() < 10
 
@@ -471,3 +474,24 @@ def test_card_put_back_at_once_elsewhere_still_ends_in_one_complete_session(daem
     assert len(sessions(daemon.config)) == 1
     assert_archived(done, card)
     assert daemon.stop() < 10
+
+
+def test_drop_folder_delete_removes_only_what_was_archived(workdir):
+    drop = workdir / "dropbox"
+    (drop / "sub").mkdir(parents=True)
+    config = write_config(workdir / "imalinkd.toml", workdir, f'[[drop_folder]]\npath = "{drop}"\nafter_import = "delete"\n')
+    data = {"IMG_1.JPG": os.urandom(30_000), "sub/IMG_2.JPG": os.urandom(40_000)}
+    d = Daemon(workdir, config).start()
+    try:
+        for rel, payload in data.items():
+            (drop / rel).write_bytes(payload)
+        (drop / "notes.txt.part").write_bytes(b"still downloading")
+        [session] = wait_for(lambda: completed(config), 20, "the drop folder session", interval=0.5)
+        wait_for(lambda: not (drop / "IMG_1.JPG").exists() and not (drop / "sub" / "IMG_2.JPG").exists(), 5, "the deletes")
+        files = Path(session["storage_path"]) / "files"
+        for rel, payload in data.items():
+            assert sha256(files / rel) == hashlib.sha256(payload).hexdigest()
+        assert (drop / "notes.txt.part").exists()
+    finally:
+        d.stop()
+        d.close()

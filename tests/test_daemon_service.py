@@ -11,7 +11,7 @@ import pytest
 from imalinkd.config import Config, DaemonConfig
 from imalinkd.daemon.events import BlockDeviceAdded, BlockDeviceRemoved
 from imalinkd.daemon.policy import drop_files_to_delete
-from imalinkd.daemon.service import Daemon, after_import_action, outcome_of, status_text
+from imalinkd.daemon.service import Daemon, after_import_action, import_summary, outcome_of, status_text
 from imalinkd.daemon.udev import mount_readonly, unmount
 
 
@@ -122,3 +122,13 @@ def test_fixed_disk_or_automount_off_is_left_alone(tmp_path):
     off.handle(BlockDeviceAdded("/dev/sdb1", "u", "EOS_DIGITAL", "exfat", removable=True))
     assert daemon.state.automounted == {} and off.state.automounted == {}
     assert not (tmp_path / "state" / "media").exists()
+
+
+def test_import_summary_names_the_sessions_that_hold_the_card():
+    refs = ["1a2b3c4d-0000-0000-0000-000000000000:files/DCIM/A.JPG"] * 3
+    assert import_summary("EOS_DIGITAL", refs, 12) == "card EOS_DIGITAL: already imported in session 1a2b3c4d; 12 new files"
+    refs.append("99999999-0000:files/B.JPG")
+    assert import_summary("EOS_DIGITAL", refs, 0) == (
+        "card EOS_DIGITAL: already imported in sessions 1a2b3c4d, 99999999; 0 new files"
+    )
+    assert import_summary("X", [], 5) == "card X: 5 new files"

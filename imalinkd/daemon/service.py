@@ -70,13 +70,24 @@ STOP_GRACE_SECONDS = 6.0  # how long SIGTERM waits for jobs to park their files
 def status_text(running: dict[str, str], waiting: dict[str, str], progress: dict[str, str]) -> str:
     """The one-line STATUS= for systemd: what is being imported, what waits, or idle.
     ``running``/``waiting`` map job keys to names; ``progress`` job keys to a short note."""
-    parts = []
+    parts: list[str] = []
     for key, name in sorted(running.items()):
         note = progress.get(key)
         parts.append(f"importing {name}" + (f" ({note})" if note else ""))
     if waiting:
         parts.append("waiting for the archive: " + ", ".join(sorted(waiting.values())))
     return "; ".join(parts) if parts else "idle, watching for cards"
+
+
+def import_summary(name: str, duplicates_of: list[str], new_files: int) -> str:
+    """"card EOS_DIGITAL: already imported in session 1a2b3c4d; 12 new files". Cards get
+    reformatted, so "already imported" is about content: ``duplicates_of`` holds the
+    engine's ``duplicate_of`` references (``<session uuid>:<path>``) of the skipped files."""
+    sessions = sorted({ref.split(":", 1)[0][:8] for ref in duplicates_of if ref})
+    if not sessions:
+        return f"card {name}: {new_files} new files"
+    where = "session " + sessions[0] if len(sessions) == 1 else "sessions " + ", ".join(sessions)
+    return f"card {name}: already imported in {where}; {new_files} new files"
 
 
 def outcome_of(result: Any) -> str:
@@ -130,6 +141,7 @@ class DaemonState:
     waiting_drops: dict[str, DropBatchSettled] = field(default_factory=dict)  # no archive yet
     automounted: dict[str, Path] = field(default_factory=dict)  # device -> mount point
     progress: dict[str, str] = field(default_factory=dict)
+    last_note: str = ""  # shown in an idle STATUS=: what the last card turned out to be
 
 
 def _importer():
@@ -303,7 +315,10 @@ class Daemon:
         running = {k: j.name for k, j in dict(self.state.jobs).items() if j.kind != "reindex"}
         waiting = {k: j.identity.name for k, j in dict(self.state.waiting).items()}
         waiting.update({k: str(b.folder) for k, b in dict(self.state.waiting_drops).items()})
-        return status_text(running, waiting, dict(self.state.progress))
+        text = status_text(running, waiting, dict(self.state.progress))
+        if not running and not waiting and self.state.last_note:
+            text += f"; last: {self.state.last_note}"
+        return text
 
     def _update_status(self) -> None:
         text = self._status()
@@ -593,13 +608,15 @@ class Daemon:
         if outcome == "failed" and job.cancel.is_set():
             outcome = "cancelled"
         session = getattr(result, "session_uuid", None)
+        duplicates = [s.duplicate_of for s in getattr(result, "skipped", []) if getattr(s, "duplicate_of", None)]
+        summary = import_summary(card.identity.name, duplicates, getattr(result, "new_files", 0) or 0)
+        if duplicates:
+            self.state.last_note = summary
         if outcome == "nothing_new":
-            blog.info(
-                "card_already_imported",
-                message=f"card {card.identity.name}: already imported; 0 new files",
-                duplicates_skipped=getattr(result, "duplicates_skipped", None),
-            )
+            blog.info("card_already_imported", message=summary, duplicates_skipped=len(duplicates))
         else:
+            if duplicates:
+                blog.info("card_partly_imported_before", message=summary, duplicates_skipped=len(duplicates))
             blog.info(
                 "card_import_finished", session_id=session, outcome=outcome,
                 copy_status=getattr(result, "copy_status", None), total_files=getattr(result, "total_files", None),
