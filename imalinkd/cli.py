@@ -118,7 +118,7 @@ class _ProgressBar:
     def __enter__(self) -> "_ProgressBar":
         if self.enabled:
             from rich.console import Console
-            from rich.progress import BarColumn, DownloadColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+            from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
             self.bar = Progress(
                 TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
@@ -241,7 +241,7 @@ def cmd_sessions(config, args) -> int:
     from sqlalchemy import select
 
     from imalinkd.catalog import ImportSession
-    from imalinkd.importer import effective_status, session_dir_of, session_json
+    from imalinkd.importer import session_dir_of, session_json
 
     catalog = _catalog(config)
     with catalog.session() as s:
@@ -260,42 +260,17 @@ def cmd_sessions(config, args) -> int:
     return EXIT_OK
 
 
-def _storage_status(config, catalog, row) -> dict:
-    try:
-        from imalinkd.locate import storage_status
-    except ImportError:
-        storage_status = None
-    if storage_status is not None:
-        return storage_status(config, catalog, row)
-    from sqlalchemy import select
-
-    from imalinkd.catalog import Image
-    from imalinkd.importer import effective_status, session_dir_of
-
-    path = session_dir_of(config, catalog, row)
-    accessible = 0
-    if path:
-        with catalog.session() as s:
-            for img in s.scalars(select(Image).where(Image.session_id == row.id)):
-                try:
-                    if os.stat(os.path.join(path, "files", img.storage_relative_path)).st_size == img.file_size:
-                        accessible += 1
-                except OSError:
-                    pass
-    return {"import_session_id": row.storage_uuid, "storage_accessible": path is not None, "storage_path": path,
-            "files_accessible": accessible, "total_files": row.total_files, "copy_status": effective_status(row), "storage_id": row.storage_id}
-
-
 def cmd_status(config, args) -> int:
     from sqlalchemy import func, select
 
+    from imalinkd import locate
     from imalinkd.catalog import ImportSession, StorageRoot, find_session
 
     catalog = _catalog(config)
     if args.session:
         with catalog.session() as s:
             row = find_session(s, args.session)
-        st = _storage_status(config, catalog, row)
+        st = locate.storage_status(config, catalog, row)
         if args.json:
             _print_json(st)
         else:

@@ -11,15 +11,18 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import queue
 import threading
 import time
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Callable
 
 import structlog
 
 from imalinkd import durable, paths, storage
+from sqlalchemy import insert, update
+
 from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
 from imalinkd.config import Config
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, write_manifest
@@ -96,6 +99,16 @@ class NotCopied:
     knock_on: bool = False  # not attempted because of another file's fatal error
 
 
+@dataclass
+class Written:
+    """A source file read to its end into a temporary copy, not yet durable or verified."""
+
+    file: SourceFile
+    sink: durable.Sink
+    outcome: durable.CopyOutcome
+    times_ns: tuple[int, int]
+
+
 # --- the engine --------------------------------------------------------------------------------
 
 
@@ -137,6 +150,8 @@ class CopyStage:
         self._last_report = 0.0
         self.copied_now = 0
         self.fatal: str | None = None
+        self._pending_images: list[FileEntry] = []
+        self._pending_skips: list[SkippedEntry] = []
 
     # progress ----------------------------------------------------------------------------
 
@@ -163,8 +178,9 @@ class CopyStage:
         except OSError:
             return True
 
-    def copy_one(self, f: SourceFile, known_sha: str | None) -> Copied | NotCopied:
-        """Copy, verify and commit one file. Runs in a worker thread; touches only the disk."""
+    def read_one(self, f: SourceFile, known_sha: str | None) -> Written | NotCopied:
+        """Reader thread: stream one source file into its temporary copy, hashing it. The
+        source is read exactly once, here; nothing waits on the archive's fsync."""
         if self.cancel.is_set():
             return NotCopied(f, "interrupted (stop requested)", fatal=True)
         if self.abort.is_set():
@@ -195,15 +211,24 @@ class CopyStage:
             except OSError as e:
                 sink.discard()
                 return self._dest_failure(f, "write", e)
+            if known_sha is not None and known_sha != outcome.sha256:
+                sink.discard()
+                return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
+            return Written(f, sink, outcome, (st.st_atime_ns, st.st_mtime_ns))
+        finally:
+            os.close(fd)
+
+    def finish_one(self, w: Written) -> Copied | NotCopied:
+        """Finisher threads: fsync, verify against a re-read from disk, commit. Runs while
+        the reader is already streaming the next files."""
+        f, sink, outcome = w.file, w.sink, w.outcome
+        try:
             try:
-                sink.finish((st.st_atime_ns, st.st_mtime_ns))
+                sink.finish(w.times_ns)
             except OSError as e:
                 # never retried: after a failed fsync the data may already be lost
                 sink.discard()
                 return self._dest_failure(f, "fsync", e)
-            if known_sha is not None and known_sha != outcome.sha256:
-                sink.discard()
-                return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
             try:
                 problem = sink.verify(self.verify, outcome.sha256, outcome.size)
             except OSError as e:
@@ -211,7 +236,7 @@ class CopyStage:
                 return self._dest_failure(f, "verify", e)
             if problem is None and self.verify == "paranoid":
                 try:
-                    digest, _ = durable.hash_from_disk(src)
+                    digest, _ = durable.hash_from_disk(os.path.join(self.source_root, f.rel))
                 except OSError as e:
                     sink.discard()
                     return self._source_failure(f, e)
@@ -227,8 +252,6 @@ class CopyStage:
         except OSError as e:
             sink.discard()
             return self._dest_failure(f, "commit", e)
-        finally:
-            os.close(fd)
 
     def _commit(self, sink: durable.Sink, rel: str) -> str | None:
         """Commit under the file's own name, or ``name~N.ext`` when that is taken (a
@@ -252,12 +275,23 @@ class CopyStage:
             return NotCopied(f, f"the source went away ({e.strerror or e}); the card was probably removed", fatal=True)
         return NotCopied(f, f"unreadable: {e.strerror or e}", fatal=False)
 
+    def _archive_read_only(self) -> bool:
+        """Has the kernel turned the archive read-only (ext4 errors=remount-ro, a failing
+        drive)? Its writes then fail with EIO as often as with EROFS; a probe tells."""
+        probe = os.path.join(self.session_dir, f".imalinkd-rw-probe-{threading.get_ident()}")
+        try:
+            os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600))
+            os.unlink(probe)
+            return False
+        except OSError as e:
+            return e.errno == errno.EROFS
+
     def _dest_failure(self, f: SourceFile, op: str, e: OSError) -> NotCopied:
         self.abort.set()
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             msg = f"the archive is full ({op}: {e.strerror})"
-        elif e.errno == errno.EROFS:
-            msg = f"the archive became read-only ({op}: {e.strerror})"
+        elif e.errno == errno.EROFS or self._archive_read_only():
+            msg = f"the archive became read-only ({op}: {e.strerror}); check the drive, then resume"
         else:
             msg = f"archive {op} failed: {e.strerror or e}"
         return NotCopied(f, msg, fatal=True)
@@ -265,44 +299,78 @@ class CopyStage:
     # the stage -------------------------------------------------------------------------
 
     def run(self, to_copy: list[SourceFile], known: dict[str, str]) -> None:
-        """Copy ``to_copy``; record each committed file in the catalog and the manifest."""
+        """Copy ``to_copy``; record committed files in the catalog and the manifest.
+
+        One reader thread streams the source in order (a card reads fastest sequentially
+        and is never left idle while a copy is fsynced or verified); ``workers`` finisher
+        threads fsync, verify and commit. At most ``2 × workers`` written files wait to be
+        finished, which bounds the dirty data and what a stop leaves behind."""
         self.progress.phase = "file_copying"
         self._report(force=True)
         post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size)
-        pending: set[Future] = set()
-        last_checkpoint = time.monotonic()
-        items = iter(to_copy)
-        # Submit at most a few files beyond the workers, so a stop leaves little queued.
-        stopped = False  # files were left unsubmitted: the session cannot be complete
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imalinkd-copy") as pool:
-            exhausted = False
-            while True:
-                while not exhausted and len(pending) < self.workers * 2:
-                    f = next(items, None)
-                    if f is None:
-                        exhausted = True
+        results: queue.Queue = queue.Queue()
+        slots = threading.Semaphore(self.workers * 2)
+        done_reading = object()
+        unattempted = [0]
+
+        def finish(w: Written) -> None:
+            try:
+                results.put(self.finish_one(w))
+            except BaseException as e:  # a bug: the file is not copied, the session fails
+                w.sink.discard()
+                results.put(NotCopied(w.file, f"internal error: {e.__class__.__name__}: {e}", fatal=True))
+            finally:
+                slots.release()
+
+        def read_all(pool: ThreadPoolExecutor) -> None:
+            try:
+                for i, f in enumerate(to_copy):
+                    if self.cancel.is_set() or self.abort.is_set():
+                        unattempted[0] = len(to_copy) - i
                         break
-                    pending.add(pool.submit(self.copy_one, f, known.get(f.rel)))
-                if not pending:
-                    break
-                done, pending = wait(pending, timeout=1.0, return_when=FIRST_COMPLETED)
-                for fut in done:
-                    self._record(fut.result(), post)
-                if (self.abort.is_set() or self.cancel.is_set()) and not exhausted:
-                    exhausted = stopped = next(items, None) is not None or stopped
-                if time.monotonic() - last_checkpoint >= self.config.import_.checkpoint_seconds:
-                    self.checkpoint()
-                    last_checkpoint = time.monotonic()
-                self._report()
+                    slots.acquire()
+                    written = self.read_one(f, known.get(f.rel))
+                    if isinstance(written, Written):
+                        pool.submit(finish, written)
+                    else:
+                        slots.release()
+                        results.put(written)
+            except BaseException as e:
+                self.abort.set()
+                results.put(NotCopied(to_copy[0], f"internal error: {e.__class__.__name__}: {e}", fatal=True))
+            finally:
+                pool.shutdown(wait=True)
+                results.put(done_reading)
+
+        pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imalinkd-finish")
+        reader = threading.Thread(target=read_all, args=(pool,), name="imalinkd-read", daemon=True)
+        reader.start()
+        last_checkpoint = time.monotonic()
+        while True:
+            try:
+                item = results.get(timeout=0.5)
+            except queue.Empty:
+                item = None
+            if item is done_reading:
+                break
+            if item is not None:
+                self._record(item, post)
+            if time.monotonic() - last_checkpoint >= self.config.import_.checkpoint_seconds:
+                self.checkpoint()
+                last_checkpoint = time.monotonic()
+            self._report()
+        reader.join()
+        self.flush()
         self.progress.current_file = None
-        if stopped and self.fatal is None:
+        if unattempted[0] and self.fatal is None:
             self.fatal = "interrupted (stop requested)" if self.cancel.is_set() else "stopped on an earlier error"
-        if self.fatal is None and self.thumbnails is not None:
+        if self.fatal is None and self.thumbnails:
             self.progress.phase = "post_processing"
             self._report(force=True)
         post.finish(self.thumbnails and self.fatal is None)
 
     def _record(self, result: Copied | NotCopied, post: PostProcessor) -> None:
+        """Take one result into the manifest and the pending catalog rows (main thread)."""
         if isinstance(result, NotCopied):
             if result.fatal:
                 if result.knock_on:
@@ -314,8 +382,7 @@ class CopyStage:
             log.warning("file_not_imported", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)
             entry = SkippedEntry(result.file.rel, result.reason, result.file.size)
             self.manifest.skipped.append(entry)
-            with self.catalog.session() as s:
-                s.add(SkippedFile(session_id=self.row_id, original_path=entry.original_path, reason=entry.reason, file_size=entry.file_size))
+            self._pending_skips.append(entry)
             return
         f = result.file
         entry = FileEntry(
@@ -327,28 +394,41 @@ class CopyStage:
             mtime=f.mtime_ns / 1e9,
         )
         self.manifest.file_manifest.append(entry)
-        with self.catalog.session() as s:
-            img = Image(
-                session_id=self.row_id,
-                storage_relative_path=result.storage_rel,
-                original_import_path=f.rel,
-                file_size=f.size,
-                sha256=result.sha256,
-                mtime=f.mtime_ns / 1e9,
-                copied_at=storage.parse_iso(result.copied_at),
-            )
-            s.add(img)
-            row = s.get(ImportSession, self.row_id)
-            row.total_files += 1
-            row.total_size_bytes += f.size
-            row.storage_size_mb = row.total_size_bytes // (1024 * 1024)
+        self._pending_images.append(entry)
         self.copied_now += 1
         self.progress.files_done += 1
         self._report(force=True)
         post.submit(entry)
 
+    def flush(self) -> None:
+        """Write the pending catalog rows in one transaction. Files committed on disk but
+        not yet here after a crash are found and kept by resume (``_reconcile``)."""
+        if not self._pending_images and not self._pending_skips:
+            return
+        images, skips = self._pending_images, self._pending_skips
+        self._pending_images, self._pending_skips = [], []
+        with self.catalog.session() as s:
+            if images:
+                s.execute(insert(Image), [
+                    {"session_id": self.row_id, "storage_relative_path": e.files_relative, "original_import_path": e.original_path,
+                     "file_size": e.file_size, "sha256": e.sha256, "mtime": e.mtime, "copied_at": storage.parse_iso(e.copied_at),
+                     "size_mismatch": False}
+                    for e in images
+                ])
+                added = sum(e.file_size for e in images)
+                s.execute(
+                    update(ImportSession).where(ImportSession.id == self.row_id).values(
+                        total_files=ImportSession.total_files + len(images),
+                        total_size_bytes=ImportSession.total_size_bytes + added,
+                        storage_size_mb=(ImportSession.total_size_bytes + added) // (1024 * 1024),
+                    )
+                )
+            for e in skips:
+                s.add(SkippedFile(session_id=self.row_id, original_path=e.original_path, reason=e.reason, file_size=e.file_size))
+
     def checkpoint(self) -> None:
-        """Rewrite metadata.json with what is committed so far."""
+        """Catalog rows, then metadata.json, brought up to what is committed so far."""
+        self.flush()
         try:
             write_manifest(self.session_dir, self.manifest)
         except OSError as e:

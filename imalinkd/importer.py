@@ -39,6 +39,7 @@ from imalinkd.errors import (
 )
 from imalinkd.maintenance import VerifyReport, rollback_session, verify_sessions
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, read_manifest, write_manifest
+from imalinkd.naming import render_description
 from imalinkd.photos import build_photos, make_thumbnails
 from imalinkd.plan import plan_copy
 from imalinkd.scan import ScanResult, SourceFile, scan_source
@@ -189,8 +190,13 @@ def import_source(
     progress: ProgressCallback | None = None,
     catalog: Catalog | None = None,
     disk_free: Callable[[str], tuple[int, int]] = storage.disk_free,
+    template_values: dict[str, str] | None = None,
 ) -> ImportResult:
     """Import ``source`` into the archive as one new session.
+
+    With ``template_values`` (for example ``label`` and ``folder`` from a card policy),
+    ``description`` is a template (:mod:`imalinkd.naming`); ``{camera_model}`` and ``{date}``
+    (the first capture date) are then read from the metadata of the files being imported.
 
     Returns the result; ``copy_status`` is ``failed`` when the copy stopped (archive full or
     read-only, card pulled, stop requested): the session is then resumable. When nothing is
@@ -201,13 +207,15 @@ def import_source(
     catalog = catalog or Catalog.open(config)
     try:
         return _import(config, catalog, os.path.abspath(os.fspath(source)), description, source_info or SourceInfo(),
-                       storage_root, verify or config.import_.verify, include, thumbnails, files, cancel, progress, disk_free)
+                       storage_root, verify or config.import_.verify, include, thumbnails, files, cancel, progress, disk_free,
+                       template_values)
     finally:
         if own_catalog:
             catalog.close()
 
 
-def _import(config, catalog, source, description, info, storage_root, verify, include, thumbnails, files, cancel, progress_cb, disk_free) -> ImportResult:
+def _import(config, catalog, source, description, info, storage_root, verify, include, thumbnails, files, cancel, progress_cb, disk_free,
+            template_values) -> ImportResult:
     prog = Progress(source=source)
     root, marker = open_storage(config, catalog, storage_root)
     include = tuple(include) if include is not None else config.import_.include
@@ -226,6 +234,8 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
         return ImportResult(None, None, None, "completed", duplicates_skipped=len(plan.duplicates), skipped=skipped,
                             message=f"nothing new: {len(plan.duplicates)} file(s) already archived; no session created")
     preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free)
+    if template_values is not None:
+        description = render_description(description, **{**template_values, **describe_files(source, plan.to_copy)})
 
     started = storage.utcnow()
     sid = str(uuid.uuid4())
@@ -321,6 +331,32 @@ def _result_of(row: ImportSession, session_dir: str | None, skipped: list[Skippe
         photos_created=row.photos_created, duplicates_skipped=row.duplicates_skipped, skipped=skipped,
         new_files=new_files, error=row.error,
     )
+
+
+def describe_files(source: str, files: list[SourceFile], sample: int = 8) -> dict[str, str]:
+    """``camera_model`` and ``date`` (first capture date, YYYY-MM-DD) for description
+    templates, from the metadata of the first few photos in capture order. Only headers are
+    read; files without metadata are passed over."""
+    from imalinkd.media import extract_media, kind_of
+
+    dated: list[tuple[str, str]] = []
+    looked = 0
+    for f in files:
+        if kind_of(f.rel) not in ("raw", "jpeg", "heic", "tiff", "video"):
+            continue
+        info = extract_media(os.path.join(source, f.rel))
+        looked += 1
+        if info.taken_at or info.camera_model:
+            dated.append((info.taken_at or "9999", info.camera_model or ""))
+        if looked >= sample:
+            break
+    if not dated:
+        return {}
+    taken, model = min(dated)
+    out = {"camera_model": model}
+    if taken != "9999":
+        out["date"] = taken[:10]
+    return out
 
 
 def find_resumable_session(catalog: Catalog, fs_uuid: str | None, label: str | None) -> str | None:

@@ -14,6 +14,8 @@ import structlog
 from sqlalchemy import select
 
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo
+from imalinkd.media import extract_media
+from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
 from imalinkd.manifest import FileEntry
 from imalinkd.plan import photo_key
 
@@ -64,10 +66,6 @@ class PostProcessor:
 
 
 def _extract_media(path: str) -> tuple[dict | None, str | None]:
-    try:
-        from imalinkd.media import extract_media
-    except ImportError:
-        return None, None
     info = extract_media(path)
     return info.as_manifest(), info.error
 
@@ -75,10 +73,6 @@ def _extract_media(path: str) -> tuple[dict | None, str | None]:
 def build_photos(catalog: Catalog, row_id: int) -> int:
     """(Re)build the session's Photo rows from its Images: one per directory + stem.
     Returns the number of Photos. Capture time and camera come from the best member."""
-    try:
-        from imalinkd.media import best_member
-    except ImportError:
-        best_member = None
     with catalog.session() as s:
         images = list(s.scalars(select(Image).where(Image.session_id == row_id)))
         existing = {p.key: p for p in s.scalars(select(Photo).where(Photo.session_id == row_id))}
@@ -91,12 +85,8 @@ def build_photos(catalog: Catalog, row_id: int) -> int:
                 photo = Photo(session_id=row_id, key=key)
                 s.add(photo)
             best = members[0]
-            if best_member is not None:
-                try:
-                    chosen = best_member([m.storage_relative_path for m in members])
-                    best = next((m for m in members if m.storage_relative_path == chosen), best)
-                except Exception:
-                    pass
+            chosen = best_member([m.storage_relative_path for m in members])
+            best = next((m for m in members if m.storage_relative_path == chosen), best)
             media = json.loads(best.media_json) if best.media_json else {}
             if not media:
                 media = next((json.loads(m.media_json) for m in members if m.media_json), {})
@@ -119,10 +109,6 @@ def build_photos(catalog: Catalog, row_id: int) -> int:
 
 def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None) -> int:
     """A JPEG per Photo under ``thumbnails/``; returns how many were made."""
-    try:
-        from imalinkd.thumbnails import make_thumbnail, pick_thumbnail_source
-    except ImportError:
-        return 0
     build_photos(catalog, row_id)
     with catalog.session() as s:
         photos = [(p.id, p.key, p.orientation, [m.storage_relative_path for m in p.images]) for p in s.scalars(select(Photo).where(Photo.session_id == row_id))]
@@ -133,7 +119,7 @@ def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, 
         src = pick_thumbnail_source([os.path.join(session_dir, "files", m) for m in members])
         if src is None:
             return pid, None
-        rel = "thumbnails/" + key.replace("/", "__") + ".jpg"
+        rel = f"thumbnails/{key}.jpg"  # the files/ tree, one JPEG per shot (stem in lower case)
         dest = os.path.join(session_dir, rel)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         result = make_thumbnail(src, dest, size=size)

@@ -11,10 +11,10 @@ import psutil
 import structlog
 from sqlalchemy import select
 
-from imalinkd import paths, storage
+from imalinkd import locate, paths, storage
 from imalinkd.catalog import Catalog, ImportSession, StorageRoot
 from imalinkd.config import Config
-from imalinkd.errors import ImalinkError, SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
+from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
 
 log = structlog.get_logger()
 
@@ -58,27 +58,7 @@ def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathL
 
 def find_root_by_id(config: Config, catalog: Catalog, storage_id: str) -> str | None:
     """Where the storage with this identity is mounted now (None: not reachable)."""
-    try:
-        from imalinkd.locate import resolve_root
-    except ImportError:
-        resolve_root = None
-    if resolve_root is not None:
-        return resolve_root(config, catalog, storage_id)
-    with catalog.session() as s:
-        row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == storage_id)).first()
-        last = row.last_seen_path if row else None
-    candidates = [p for p in (str(config.storage.root) if config.storage.root else None, last) if p]
-    for p in candidates:
-        try:
-            m = storage.read_marker(p)
-        except ImalinkError:
-            m = None
-        if m is not None and m.storage_id == storage_id:
-            return p
-    for found in storage.scan_all_mounts(config.storage.search_depth):
-        if found.marker.storage_id == storage_id:
-            return found.path
-    return None
+    return locate.resolve_root(config, catalog, storage_id)
 
 
 def record_root(catalog: Catalog, root: str, marker: storage.Marker) -> None:
@@ -100,19 +80,7 @@ def record_root(catalog: Catalog, root: str, marker: storage.Marker) -> None:
 
 def session_dir_of(config: Config, catalog: Catalog, row: ImportSession) -> str | None:
     """The session's directory at its live path now, or None when its drive is away."""
-    try:
-        from imalinkd.locate import session_path
-    except ImportError:
-        session_path = None
-    if session_path is not None:
-        return session_path(config, catalog, row)
-    if not row.storage_id or not row.storage_directory_name:
-        return None
-    root = find_root_by_id(config, catalog, row.storage_id)
-    if root is None:
-        return None
-    d = os.path.join(root, row.storage_directory_name)
-    return d if os.path.isdir(d) and not os.path.islink(d) else None
+    return locate.session_path(config, catalog, row)
 
 
 # --- liveness --------------------------------------------------------------------------------

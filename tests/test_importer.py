@@ -305,3 +305,42 @@ def test_archive_inside_the_source_is_not_imported_into_itself(tmp_path):
     cfg = parse_config({"catalog": {"url": f"sqlite:///{tmp_path / 'c.db'}"}, "storage": {"root": str(card.root / "archive")}, "import": {"thumbnails": False}})
     result = import_source(cfg, card.root)
     assert tree_hashes(Path(result.storage_path) / "files") == card.files
+
+
+def test_description_template_takes_camera_and_first_capture_date_from_the_photos(tmp_path, cfg):
+    from media_factory import make_exif, write_jpeg
+
+    card = tmp_path / "card" / "DCIM" / "100CANON"
+    card.mkdir(parents=True)
+    write_jpeg(card / "IMG_0002.JPG", exif=make_exif(taken="2024:06:02 10:00:00", model="Canon EOS R5"))
+    write_jpeg(card / "IMG_0001.JPG", exif=make_exif(taken="2024:06:01 09:00:00", model="Canon EOS R5"))
+    result = import_source(cfg, tmp_path / "card", description="{label}_{camera_model}_{date}",
+                           template_values={"label": "EOS_DIGITAL"})
+    assert "_import_EOS_DIGITAL_Canon_EOS_R5_2024-06-01_" in result.storage_directory_name
+
+
+def test_thumbnails_and_media_are_recorded_for_each_photo(tmp_path):
+    from media_factory import make_exif, write_jpeg
+
+    cfg = make_config(tmp_path, thumbnails=True, thumbnail_size=64)
+    card = tmp_path / "card" / "DCIM" / "100CANON"
+    card.mkdir(parents=True)
+    write_jpeg(card / "IMG_0001.JPG", width=400, height=300, exif=make_exif(taken="2024:06:01 09:00:00", model="X100V", orientation=6))
+    (card / "IMG_0001.XMP").write_text("<x:xmpmeta/>")
+    (card / "BROKEN.JPG").write_bytes(b"\xff\xd8\xff\xe0garbage")
+    result = import_source(cfg, tmp_path / "card")
+    assert result.copy_status == "completed" and result.photos_created == 2
+    m = read_manifest(result.storage_path)
+    media = {e.original_path: e for e in m.file_manifest}
+    assert media["DCIM/100CANON/IMG_0001.JPG"].media["camera_model"] == "X100V"
+    assert media["DCIM/100CANON/IMG_0001.JPG"].media["taken_at"].startswith("2024-06-01T09:00:00")
+    assert media["DCIM/100CANON/BROKEN.JPG"].media_error
+    thumb = Path(result.storage_path) / "thumbnails" / "DCIM" / "100CANON" / "img_0001.jpg"
+    from PIL import Image as PILImage
+
+    with PILImage.open(thumb) as im:
+        assert max(im.size) == 64 and im.size[1] > im.size[0]  # orientation 6 applied: portrait
+    with Catalog.open(cfg).session() as s:
+        photo = s.scalars(select(Photo).where(Photo.key == "DCIM/100CANON/img_0001")).one()
+        assert photo.camera_model == "X100V" and photo.thumbnail_path == "thumbnails/DCIM/100CANON/img_0001.jpg"
+        assert len(photo.images) == 2

@@ -3,7 +3,6 @@ needs. SQLite in WAL mode is the embedded default; any SQLAlchemy URL works."""
 
 from __future__ import annotations
 
-import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
