@@ -21,7 +21,10 @@ import os
 import stat
 import time
 from collections import defaultdict
+from contextlib import contextmanager
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from datetime import datetime
 from typing import Any, Iterable, Mapping
 
@@ -186,11 +189,18 @@ def _valid_uuid(text: str | None) -> str | None:
         return None
 
 
+# json.dumps(media, sort_keys=True) without building an encoder per call
+_media_json = json.JSONEncoder(sort_keys=True).encode
+
+
 def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
     m = ds.manifest
     groups: dict[str, list[mf.FileEntry]] = defaultdict(list)
+    keys: list[str] = []
     for e in m.file_manifest:
-        groups[shot_key(e.files_relative)].append(e)
+        key = shot_key(e.files_relative)
+        keys.append(key)
+        groups[key].append(e)
     photos: list[dict[str, Any]] = []
     index: dict[str, int] = {}
     for key, entries in groups.items():
@@ -198,20 +208,21 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
         photos.append(_photo_row(entries, key))
     images = []
     stamps: dict[str | None, datetime | None] = {}
-    for e in m.file_manifest:
+    on_disk_get = ds.on_disk.get
+    compare = bool(m.copy_files)  # a legacy session's files are not on the drive: nothing to compare
+    for e, key in zip(m.file_manifest, keys):
         rel = e.files_relative
-        on_disk = ds.on_disk.get(rel)
-        images.append((index[shot_key(rel)], {
+        copied_at = e.copied_at
+        images.append((index[key], {
             "storage_relative_path": rel,
             "original_import_path": e.original_path,
             "file_size": e.file_size,
             "sha256": e.sha256,
             "mtime": e.mtime,
-            "copied_at": stamps[e.copied_at] if e.copied_at in stamps else stamps.setdefault(e.copied_at, _ts(e.copied_at)),
-            "media_json": json.dumps(e.media, sort_keys=True) if e.media else None,
+            "copied_at": stamps[copied_at] if copied_at in stamps else stamps.setdefault(copied_at, _ts(copied_at)),
+            "media_json": _media_json(e.media) if e.media else None,
             "media_error": e.media_error,
-            # a legacy session's files are not on the drive: nothing to compare
-            "size_mismatch": bool(m.copy_files) and on_disk != e.file_size,
+            "size_mismatch": compare and on_disk_get(rel) != e.file_size,
         }))
     skipped = [{
         "original_path": s.original_path, "reason": s.reason, "file_size": s.file_size,
@@ -390,32 +401,68 @@ class ReindexReport:
 
 def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
     """Sizes of the regular files below ``files_dir`` by relative path, never following a
-    symlink, and the symlinks met (relative paths)."""
+    symlink, and the symlinks met (relative paths).
+
+    One ``scandir`` per directory, whose entry types come with the listing, and one
+    ``lstat`` per regular file for its size: the least a size check can cost."""
     sizes: dict[str, int] = {}
     links: list[str] = []
     stack = [("", files_dir)]
+    is_partial = durable.is_partial_name
     while stack:
-        rel_dir, path = stack.pop()
+        prefix, path = stack.pop()
         try:
             it = os.scandir(path)
         except OSError:
             continue
         with it:
             for e in it:
-                rel = f"{rel_dir}/{e.name}" if rel_dir else e.name
                 try:
-                    if e.is_symlink():
-                        links.append(rel)
+                    if e.is_file(follow_symlinks=False):
+                        name = e.name
+                        if not is_partial(name):
+                            sizes[prefix + name] = e.stat(follow_symlinks=False).st_size
                     elif e.is_dir(follow_symlinks=False):
-                        stack.append((rel, e.path))
-                    elif e.is_file(follow_symlinks=False) and not durable.is_partial_name(e.name):
-                        sizes[rel] = e.stat(follow_symlinks=False).st_size
+                        stack.append((prefix + e.name + "/", e.path))
+                    elif e.is_symlink():
+                        links.append(prefix + e.name)
                 except OSError:
                     continue
     return sizes, links
 
 
-def read_drive(root: str, marker: storage.Marker) -> tuple[DriveState, list[tuple[str, str]]]:
+def _read_session_dir(path: str) -> tuple[mf.SessionManifest | None, dict[str, int] | None, tuple[str, str] | None]:
+    """One session directory: its validated manifest and the sizes of its files, or the
+    item rejected ``(path, reason)``. Reads nothing outside ``path``."""
+    try:
+        m = mf.read_manifest(path)
+    except ManifestError as e:
+        return None, None, (str(e.fields.get("path") or os.path.join(path, mf.FILENAME)), str(e))
+    except OSError as e:
+        return None, None, (os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}")
+    files_dir = os.path.join(path, "files")
+    try:
+        fst = os.lstat(files_dir)
+    except FileNotFoundError:
+        fst = None
+    except OSError as e:
+        return m, None, (files_dir, f"cannot be read: {e.strerror}")
+    if fst is not None and stat.S_ISLNK(fst.st_mode):
+        return m, None, (files_dir, "files/ is a symbolic link; not followed")
+    on_disk: dict[str, int] = {}
+    if fst is not None and stat.S_ISDIR(fst.st_mode):
+        on_disk, _links = _walk_files(files_dir)
+    return m, on_disk, None
+
+
+# Session directories are read by a few threads: parsing holds the GIL, but opening,
+# reading and stat-ing files do not, so on a drive just plugged in (nothing cached) the
+# waits for the disk overlap. The results are taken in directory-name order, so what is
+# read and rejected does not depend on the threads.
+READ_THREADS = 4
+
+
+def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS) -> tuple[DriveState, list[tuple[str, str]]]:
     """Read every session directory of the root at ``root``. Returns the drive's state and
     the rejected items ``(path, reason)``. Nothing outside ``root`` is read."""
     rejected: list[tuple[str, str]] = []
@@ -427,6 +474,8 @@ def read_drive(root: str, marker: storage.Marker) -> tuple[DriveState, list[tupl
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
         return DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, f"cannot list the storage root: {e.strerror}")]
+    # in name order: a rejection of the entry itself, or a session directory to read
+    items: list[tuple[str, str] | os.DirEntry] = []
     for entry in entries:
         if not storage.is_session_dir_name(entry.name):
             continue
@@ -436,40 +485,35 @@ def read_drive(root: str, marker: storage.Marker) -> tuple[DriveState, list[tupl
                 target = os.readlink(path)
             except OSError:
                 target = "?"
-            rejected.append((path, f"session directory is a symbolic link (to {target!r}); not followed"))
+            items.append((path, f"session directory is a symbolic link (to {target!r}); not followed"))
             continue
         if not entry.is_dir(follow_symlinks=False):
-            rejected.append((path, "has a session directory's name but is not a directory"))
+            items.append((path, "has a session directory's name but is not a directory"))
             continue
         present.add(entry.name)
         uuid8.add(entry.name[-8:])
-        try:
-            m = mf.read_manifest(path)
-        except ManifestError as e:
-            rejected.append((str(e.fields.get("path") or os.path.join(path, mf.FILENAME)), str(e)))
+        items.append(entry)
+    dirs = [it.path for it in items if isinstance(it, os.DirEntry)]
+    if threads > 1 and len(dirs) > 1:
+        with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reindex-read") as pool:
+            results = iter(list(pool.map(_read_session_dir, dirs)))
+    else:
+        results = map(_read_session_dir, dirs)
+    for item in items:
+        if not isinstance(item, os.DirEntry):
+            rejected.append(item)
             continue
-        except OSError as e:
-            rejected.append((os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}"))
-            continue
-        if m.import_session_id in seen_uuids:
+        m, on_disk, problem = next(results)
+        path = item.path
+        if m is not None and m.import_session_id in seen_uuids:
             rejected.append((path, f"holds session {m.import_session_id}, already read from {seen_uuids[m.import_session_id]} on this root"))
             continue
-        seen_uuids[m.import_session_id] = path
-        files_dir = os.path.join(path, "files")
-        try:
-            fst = os.lstat(files_dir)
-        except FileNotFoundError:
-            fst = None
-        except OSError as e:
-            rejected.append((files_dir, f"cannot be read: {e.strerror}"))
+        if m is not None:
+            seen_uuids[m.import_session_id] = path
+        if problem is not None:
+            rejected.append(problem)
             continue
-        if fst is not None and stat.S_ISLNK(fst.st_mode):
-            rejected.append((files_dir, "files/ is a symbolic link; not followed"))
-            continue
-        on_disk: dict[str, int] = {}
-        if fst is not None and stat.S_ISDIR(fst.st_mode):
-            on_disk, _links = _walk_files(files_dir)
-        sessions.append(DriveSession(entry.name, m, on_disk))
+        sessions.append(DriveSession(item.name, m, on_disk))
     return DriveState(marker.storage_id, marker.label, tuple(sessions), frozenset(present), frozenset(uuid8)), rejected
 
 
@@ -515,9 +559,143 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
     })
 
 
-def apply_plan(s, plan: ReindexPlan, now: datetime) -> None:
-    """Apply ``plan`` in the caller's transaction, with bulk inserts and updates."""
-    if plan.new_sessions:
+class _RowWriter:
+    """Bulk inserts into one table through the DBAPI cursor of the caller's transaction:
+    one prepared statement and ``executemany`` over tuples, each value converted by the
+    column type's own bind processor (so the stored values are exactly those an ORM or
+    Core insert stores), and the Python-side scalar defaults of the columns not given."""
+
+    def __init__(self, conn, table, leading: Iterable[str], keys: Iterable[str]) -> None:
+        """Rows are given as the values of the ``leading`` columns and a dict with the
+        ``keys`` columns (the plan's row dicts)."""
+        dialect = conn.dialect
+        keys = list(keys)
+        self.row_values = itemgetter(*keys) if len(keys) > 1 else (lambda row: (row[keys[0]],))
+        keys = [*leading, *keys]
+        given = set(keys)
+        defaults = {c.key: c.default.arg for c in table.columns
+                    if c.key not in given and c.default is not None and c.default.is_scalar}
+        self.defaults = tuple(defaults.values())
+        columns = keys + list(defaults)
+        compiled = insert(table).compile(dialect=dialect, column_keys=columns)
+        self.sql = str(compiled)
+        order = list(compiled.positiontup)
+        self.order = [columns.index(k) for k in order]
+        self.processors = []
+        for i, k in enumerate(order):
+            fn = table.c[k].type.dialect_impl(dialect).bind_processor(dialect)
+            if fn is not None and table.c[k].type.python_type is datetime:
+                fn = _memoized(fn)  # a session's files share a few timestamps
+            if fn is not None:
+                self.processors.append((i, fn))
+        self.cursor = conn.connection.driver_connection.cursor()
+
+    def params(self, leading: tuple, row: Mapping[str, Any]) -> list[Any]:
+        v = [*leading, *self.row_values(row), *self.defaults]
+        v = [v[i] for i in self.order]
+        for i, fn in self.processors:
+            v[i] = fn(v[i])
+        return v
+
+    def insert_one(self, leading: tuple, row: Mapping[str, Any]) -> int:
+        self.cursor.execute(self.sql, self.params(leading, row))
+        return self.cursor.lastrowid
+
+    def insert_many(self, rows: Iterable[tuple[tuple, Mapping[str, Any]]]) -> None:
+        params = self.params
+        self.cursor.executemany(self.sql, (params(lead, row) for lead, row in rows))
+
+
+def _memoized(fn):
+    memo: dict[Any, Any] = {}
+
+    def process(value):
+        try:
+            return memo[value]
+        except KeyError:
+            memo[value] = out = fn(value)
+            return out
+
+    return process
+
+
+@contextmanager
+def _indexes_rebuilt_after(cursor, table: str, filling: bool):
+    """When ``filling`` an empty table with many rows, drop its secondary indexes for the
+    inserts and create them again, from their own stored SQL, before the transaction ends:
+    building an index once over sorted keys is several times faster than updating it row
+    by row (the sha256 index especially, whose keys come in random order). SQLite's DDL is
+    transactional, so if anything fails or the machine stops before the commit, the
+    indexes are back as they were along with everything else."""
+    if not filling or cursor.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
+        yield
+        return
+    indexes = cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
+                             "AND sql IS NOT NULL", (table,)).fetchall()
+    for name, _sql in indexes:
+        cursor.execute(f'DROP INDEX "{name}"')
+    yield
+    for _name, sql in indexes:
+        cursor.execute(sql)
+
+
+_BULK_ROWS = 5000  # below this, keeping the indexes up to date row by row is cheap enough
+
+
+def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
+    """The new sessions' rows, through the DBAPI with explicit ids for the photos.
+
+    The first session row takes SQLite's write lock for the rest of the transaction, so
+    the photo ids counted from ``max(id)`` are exactly those SQLite would give, and no
+    other writer can take one meanwhile."""
+    first = plan.new_sessions[0]
+    sessions = _RowWriter(conn, ImportSession.__table__, (), first.session)
+    ids = [sessions.insert_one((), n.session) for n in plan.new_sessions]
+    cursor = sessions.cursor
+    photo_keys = next((list(n.photos[0]) for n in plan.new_sessions if n.photos), None)
+    photo_ids: list[list[int]] = []
+    n_photos = sum(len(n.photos) for n in plan.new_sessions)
+    n_images = sum(len(n.images) for n in plan.new_sessions)
+    with _indexes_rebuilt_after(cursor, Photo.__tablename__, n_photos >= _BULK_ROWS):
+        if photo_keys is not None:
+            photos = _RowWriter(conn, Photo.__table__, ("id", "session_id"), photo_keys)
+            next_id = (cursor.execute(f"SELECT max(id) FROM {Photo.__tablename__}").fetchone()[0] or 0) + 1
+            rows = []
+            for sid, n in zip(ids, plan.new_sessions):
+                photo_ids.append(list(range(next_id, next_id + len(n.photos))))
+                rows += [((pid, sid), p) for pid, p in zip(photo_ids[-1], n.photos)]
+                next_id += len(n.photos)
+            photos.insert_many(rows)
+        else:
+            photo_ids = [[] for _ in ids]
+    image_keys = next((list(n.images[0][1]) for n in plan.new_sessions if n.images), None)
+    with _indexes_rebuilt_after(cursor, Image.__tablename__, n_images >= _BULK_ROWS):
+        if image_keys is not None:
+            images = _RowWriter(conn, Image.__table__, ("session_id", "photo_id"), image_keys)
+            images.insert_many(((sid, pids[idx] if idx is not None else None), row)
+                               for sid, pids, n in zip(ids, photo_ids, plan.new_sessions) for idx, row in n.images)
+    skipped = [(sid, r) for sid, n in zip(ids, plan.new_sessions) for r in n.skipped]
+    if skipped:
+        writer = _RowWriter(conn, SkippedFile.__table__, ("session_id",), skipped[0][1])
+        writer.insert_many(((sid,), r) for sid, r in skipped)
+    copies = _RowWriter(conn, SessionCopy.__table__, ("session_id", "last_seen_at"), first.copy)
+    copies.insert_many(((sid, now), n.copy) for sid, n in zip(ids, plan.new_sessions))
+
+
+def _is_pysqlite(conn) -> bool:
+    return conn.dialect.name == "sqlite" and conn.dialect.driver == "pysqlite"
+
+
+def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = True) -> None:
+    """Apply ``plan`` in the caller's transaction, with bulk inserts and updates.
+
+    On SQLite the new sessions' rows go through the DBAPI (``dbapi_inserts``): the same
+    rows as Core inserts, several times faster at 100,000 images. Other databases, or
+    ``dbapi_inserts=False``, use Core inserts with ``RETURNING``."""
+    conn = s.connection()
+    if plan.new_sessions and dbapi_inserts and _is_pysqlite(conn):
+        _insert_new_sessions_sqlite(conn, plan, now)
+    elif plan.new_sessions:
         ids = s.execute(insert(ImportSession.__table__).returning(ImportSession.__table__.c.id, sort_by_parameter_order=True),
                         [n.session for n in plan.new_sessions]).scalars().all()
         photo_rows, owners = [], []

@@ -1,0 +1,232 @@
+"""The fast paths of a large reindex give the same answers as the general ones: manifest
+validation (every hostile path still rejected, with the same message), reading session
+directories in threads (same sessions, same rejections, same order), and bulk inserts
+through the DBAPI (the same rows as Core inserts, the same indexes afterwards)."""
+
+from __future__ import annotations
+
+import base64
+import os
+
+import pytest
+from sqlalchemy import select, text
+
+from imalinkd import durable, manifest as mf, paths, storage
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile
+from imalinkd.errors import ManifestError
+from imalinkd.reindex import _walk_files, apply_plan, load_catalog_state, plan_reindex, read_drive, reindex_path
+from tests.test_reindex import config_for, isolated_env, make_root, make_session  # noqa: F401
+
+SHA = "ab" * 32
+
+
+def entry(**over):
+    e = {"original_path": "DCIM/A.JPG", "storage_path": "files/DCIM/A.JPG", "file_size": 3, "sha256": SHA,
+         "copied_at": "2026-11-24T12:00:00Z"}
+    e.update(over)
+    return e
+
+
+def manifest_dict(*entries):
+    return {"import_session_id": "aaaaaaaa-0000-4000-8000-000000000001", "storage_id": "x",
+            "copy_status": "completed", "file_manifest": list(entries)}
+
+
+def reference_path_error(e):
+    """What the general rules say about an entry's paths (None: they accept them)."""
+    try:
+        paths.check_relative(paths.get_path(e, "original_path"))
+        paths.check_relative(paths.get_path(e, "storage_path"))
+    except (paths.UnsafePathError, KeyError, ValueError) as err:
+        return f"file_manifest[0]: unsafe or missing path ({err})"
+    return None
+
+
+HOSTILE_PATHS = ["", "/etc/passwd", "//x", "a//b", "a/", ".", "..", "./a", "../a", "a/.", "a/..", "a/./b",
+                 "a/../b", "a/../../..", "a\x00b", "\x00", "/", "files/../../x", "files//x", "files/./x"]
+
+
+@pytest.mark.parametrize("bad", HOSTILE_PATHS)
+@pytest.mark.parametrize("field", ["original_path", "storage_path"])
+def test_every_unsafe_entry_path_is_rejected_with_the_general_message(bad, field):
+    e = entry(**{field: bad})
+    with pytest.raises(ManifestError) as exc:
+        mf.parse_manifest(manifest_dict(e), "drive/s/metadata.json")
+    message = str(exc.value)
+    assert "drive/s/metadata.json" in message
+    expected = reference_path_error(e)
+    if expected is not None:
+        assert expected in message
+    else:  # safe as a path, but not below files/
+        assert "not below files/" in message
+
+
+@pytest.mark.parametrize("good", ["files/a", "files/...", "files/.a/..b/c.", "files/DCIM/100CANON/IMG_0001.CR3",
+                                  "files/name with spaces/é.jpg", "files/a.b/c..d"])
+def test_safe_paths_are_accepted_as_they_are(good):
+    m = mf.parse_manifest(manifest_dict(entry(original_path=good[len("files/"):], storage_path=good)))
+    assert m.file_manifest[0].storage_path == good
+
+
+def test_paths_in_base64_go_through_the_general_rules():
+    raw = b"files/\xff.JPG"
+    ok = entry(storage_path="files/x.JPG", storage_path_b64=base64.b64encode(raw).decode())
+    assert mf.parse_manifest(manifest_dict(ok)).file_manifest[0].storage_path == os.fsdecode(raw)
+    hostile = entry(storage_path="files/fine", storage_path_b64=base64.b64encode(b"files/../../etc").decode())
+    with pytest.raises(ManifestError, match=r"'\.\.' component"):
+        mf.parse_manifest(manifest_dict(hostile))
+    with pytest.raises(ManifestError, match="unsafe or missing path"):
+        mf.parse_manifest(manifest_dict(entry(storage_path_b64="not base64!")))
+
+
+@pytest.mark.parametrize("change, problem", [
+    ({"original_path": 5}, "unsafe or missing path"),
+    ({"storage_path": None}, "unsafe or missing path"),
+    ({"file_size": -1}, "not a byte count"),
+    ({"file_size": True}, "not a byte count"),
+    ({"file_size": 3.0}, "not a byte count"),
+    ({"sha256": SHA.upper()}, "not a hex sha256"),
+    ({"sha256": SHA[:-1]}, "not a hex sha256"),
+    ({"sha256": SHA + "0"}, "not a hex sha256"),
+    ({"sha256": SHA[:-1] + "\n"}, "not a hex sha256"),
+    ({"sha256": SHA[:-1] + "g"}, "not a hex sha256"),
+])
+def test_sizes_and_hashes_are_checked_on_every_entry(change, problem):
+    entries = [entry(storage_path=f"files/{i}.JPG") for i in range(50)]
+    entries.append(entry(**{"storage_path": "files/last.JPG", **change}))
+    with pytest.raises(ManifestError, match=r"file_manifest\[50\]: .*" + problem):
+        mf.parse_manifest(manifest_dict(*entries))
+
+
+def test_an_entry_listed_twice_is_rejected():
+    with pytest.raises(ManifestError, match="listed twice"):
+        mf.parse_manifest(manifest_dict(entry(), entry()))
+
+
+# --- reading the drive ------------------------------------------------------------------------------
+
+
+def build_mixed_drive(root):
+    marker = make_root(root)
+    for i in range(6):
+        make_session(root, marker, {f"DCIM/IMG_{i}.JPG": b"x" * (i + 1), "DCIM/sub/A.CR3": b"raw"}, description=f"s{i}")
+    _, broken = make_session(root, marker, description="broken")
+    with open(os.path.join(broken, mf.FILENAME), "w") as f:
+        f.write("{ truncated")
+    sid, first = make_session(root, marker, description="twice")
+    copy = os.path.join(str(root), os.path.basename(first).replace("twice", "twicf"))
+    os.makedirs(copy)
+    os.link(os.path.join(first, mf.FILENAME), os.path.join(copy, mf.FILENAME))
+    _, linked = make_session(root, marker, description="linkedfiles")
+    os.rename(os.path.join(linked, "files"), os.path.join(linked, "elsewhere"))
+    os.symlink("elsewhere", os.path.join(linked, "files"))
+    return marker
+
+
+def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_path):
+    root = tmp_path / "archive"
+    marker = build_mixed_drive(root)
+    serial = read_drive(str(root), marker, threads=1)
+    threaded = read_drive(str(root), marker, threads=4)
+    assert threaded == serial
+    drive, rejected = threaded
+    assert len(drive.sessions) == 7 and len(rejected) == 3
+    assert any("already read from" in r for _, r in rejected)
+    assert any("files/ is a symbolic link" in r for _, r in rejected)
+
+
+def test_walk_gives_sizes_of_regular_files_only(tmp_path):
+    files = tmp_path / "files"
+    (files / "a" / "b").mkdir(parents=True)
+    (files / "a" / "b" / "x.JPG").write_bytes(b"12345")
+    (files / "top.CR3").write_bytes(b"1")
+    (files / "link.JPG").symlink_to(files / "top.CR3")
+    (files / "dirlink").symlink_to(tmp_path)
+    (files / "a" / (durable.TEMP_PREFIX + "x.JPG")).write_bytes(b"a copy not yet committed")
+    sizes, links = _walk_files(str(files))
+    assert sizes == {"a/b/x.JPG": 5, "top.CR3": 1}
+    assert sorted(links) == ["dirlink", "link.JPG"]
+
+
+# --- writing the catalog ------------------------------------------------------------------------------
+
+TABLES = (ImportSession, Photo, Image, SkippedFile, SessionCopy)
+
+
+def dump(catalog):
+    """Every row of the tables a reindex fills, as stored (ids included), and the schema."""
+    with catalog.engine.connect() as c:
+        rows = {m.__tablename__: c.execute(text(f"SELECT * FROM {m.__tablename__} ORDER BY id")).all() for m in TABLES}
+        schema = c.execute(text("SELECT type, name, tbl_name, sql FROM sqlite_master ORDER BY name")).all()
+    return rows, schema
+
+
+@pytest.mark.parametrize("bulk_rows", [5000, 1])
+def test_dbapi_inserts_store_the_same_rows_as_core_inserts(tmp_path, monkeypatch, bulk_rows):
+    import imalinkd.reindex as reindex
+
+    monkeypatch.setattr(reindex, "_BULK_ROWS", bulk_rows)  # 1: the indexes are dropped and built again
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    make_session(root, marker, skipped=[("DCIM/link", "symlink"), ("DCIM/B.JPG", "duplicate")])
+    make_session(root, marker, {"DCIM/A.JPG": b"a", "DCIM/A.XMP": b"x", "DCIM/B.MOV": b"bb"}, description="two", media=False)
+    make_session(root, marker, {"x/" + os.fsdecode(b"\xff.JPG"): b"raw"}, description="legacy", copy_files=False)
+    make_session(root, marker, status="in_progress", listed={"DCIM/100CANON/IMG_0001.CR3"}, description="cut")
+    drive, rejected = read_drive(str(root), marker)
+    assert not rejected and len(drive.sessions) == 4
+    now = storage.utcnow()
+    dumps = []
+    for name, fast in (("core", False), ("dbapi", True)):
+        catalog = Catalog.open(f"sqlite:///{tmp_path}/{name}.db")
+        with catalog.session() as s:
+            apply_plan(s, plan_reindex(drive, load_catalog_state(s, drive)), now, dbapi_inserts=fast)
+        dumps.append(dump(catalog))
+        catalog.close()
+    (core_rows, core_schema), (fast_rows, fast_schema) = dumps
+    assert fast_rows == core_rows and fast_schema == core_schema
+    assert len(fast_rows["images"]) == 3 + 3 + 1 + 1
+
+
+def test_bulk_inserts_after_existing_rows_keep_ids_and_indexes(tmp_path, monkeypatch):
+    import imalinkd.reindex as reindex
+
+    monkeypatch.setattr(reindex, "_BULK_ROWS", 1)
+    a, b = tmp_path / "a", tmp_path / "b"
+    make_session(a, make_root(a), description="first")
+    make_session(b, make_root(b), description="second")
+    config = config_for(tmp_path)
+    catalog = Catalog.open(config)
+    schema_before = dump(catalog)[1]
+    assert reindex_path(config, catalog, str(a)).ok
+    assert reindex_path(config, catalog, str(b)).ok  # the tables are no longer empty
+    rows, schema = dump(catalog)
+    assert schema == schema_before
+    photo_ids = {r.id for r in rows["photos"]}
+    assert len(photo_ids) == 4 and all(r.photo_id in photo_ids for r in rows["images"])
+    with catalog.session() as s:
+        for sid, key in s.execute(select(Photo.session_id, Photo.key)):
+            members = s.scalars(select(Image.storage_relative_path).where(Image.photo_id == select(Photo.id).where(
+                Photo.session_id == sid, Photo.key == key).scalar_subquery())).all()
+            assert members and all(reindex.shot_key(m) == key for m in members)
+
+
+def test_a_failed_bulk_insert_leaves_the_catalog_and_its_indexes_as_they_were(tmp_path, monkeypatch):
+    import imalinkd.reindex as reindex
+
+    monkeypatch.setattr(reindex, "_BULK_ROWS", 1)
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    make_session(root, marker)
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    before = dump(catalog)
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("power cut")
+
+    monkeypatch.setattr(reindex, "_upsert_root", broken)
+    with pytest.raises(RuntimeError):
+        reindex_path(config, catalog, str(root))
+    assert dump(catalog) == before
+    monkeypatch.undo()
+    assert reindex_path(config, catalog, str(root)).ok
