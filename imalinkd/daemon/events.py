@@ -33,6 +33,19 @@ class MountGone:
 
 
 @dataclass(frozen=True)
+class MountExamined:
+    """What a new mount holds, found off the main thread (a hung FUSE filesystem must not
+    stall the daemon): the filesystem's identity, whether DCIM/ exists, storage roots."""
+
+    mount: MountAppeared
+    fs_uuid: str | None
+    label: str | None
+    fstype: str | None
+    has_dcim: bool
+    storage_roots: tuple[Path, ...]
+
+
+@dataclass(frozen=True)
 class BlockDeviceAdded:
     """udev reports a filesystem on a block device (not necessarily mounted)."""
 
@@ -94,6 +107,7 @@ class JobFinished:
 Event = (
     MountAppeared
     | MountGone
+    | MountExamined
     | BlockDeviceAdded
     | BlockDeviceRemoved
     | DropFileSettled

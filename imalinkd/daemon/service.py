@@ -50,6 +50,7 @@ from imalinkd.daemon.events import (
     DropFileSettled,
     JobFinished,
     MountAppeared,
+    MountExamined,
     MountGone,
     ReloadRequested,
     StopRequested,
@@ -134,6 +135,7 @@ class MountRecord:
 @dataclass
 class DaemonState:
     mounts: dict[Path, MountRecord] = field(default_factory=dict)
+    examining: dict[Path, MountAppeared] = field(default_factory=dict)  # looked at off-thread
     jobs: dict[str, Job] = field(default_factory=dict)
     waiting: dict[str, CardJob] = field(default_factory=dict)  # no archive reachable
     deferred: dict[str, CardJob] = field(default_factory=dict)  # same card already importing
@@ -333,6 +335,8 @@ class Daemon:
     def handle(self, event: object) -> None:
         if isinstance(event, MountAppeared):
             self.on_mount_appeared(event)
+        elif isinstance(event, MountExamined):
+            self.on_mount_examined(event)
         elif isinstance(event, MountGone):
             self.on_mount_gone(event)
         elif isinstance(event, BlockDeviceAdded):
@@ -353,10 +357,29 @@ class Daemon:
         if not policy.is_watched_mount(mp, self.config.daemon.mount_paths):
             log.debug("mount_not_watched", mount_point=str(mp))
             return
-        fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source)
+        self.state.examining[mp] = event
+        depth = self.config.storage.search_depth
+
+        def examine() -> None:
+            fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source)
+            self.events.put(
+                MountExamined(
+                    mount=event, fs_uuid=fs_uuid, label=label, fstype=fstype,
+                    has_dcim=identify.has_dcim(mp), storage_roots=identify.find_storage_roots(mp, depth),
+                )
+            )
+
+        threading.Thread(target=examine, name=f"examine {mp}", daemon=True).start()
+
+    def on_mount_examined(self, examined: MountExamined) -> None:
+        event = examined.mount
+        mp = event.mount_point
+        if self.state.examining.get(mp) is not event:
+            return  # gone (or replaced by a newer mount) while it was being looked at
+        del self.state.examining[mp]
+        fs_uuid, label, fstype = examined.fs_uuid, examined.label, examined.fstype
         ident = identify.CardIdentity(fs_uuid=fs_uuid, label=label)
-        dcim = identify.has_dcim(mp)
-        roots = identify.find_storage_roots(mp, self.config.storage.search_depth)
+        dcim, roots = examined.has_dcim, examined.storage_roots
         kind, job, reason = policy.plan_card_job(
             config=self.config,
             mount_point=mp,
@@ -393,6 +416,7 @@ class Daemon:
         self._start_card_job(job)
 
     def on_mount_gone(self, event: MountGone) -> None:
+        self.state.examining.pop(event.mount_point, None)
         record = self.state.mounts.pop(event.mount_point, None)
         if record is None:
             return
