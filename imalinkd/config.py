@@ -58,7 +58,8 @@ class StorageConfig:
 @dataclass(frozen=True)
 class ImportConfig:
     verify: str = "sha256"
-    workers: int = 2  # files in flight at once
+    workers: int = 2  # files being fsynced and verified at once
+    readers: int = 2  # files read from the source at once
     thumbnails: bool = True
     thumbnail_size: int = 512
     copy_files: bool = True  # false: a legacy/reference import that catalogues in place
@@ -192,6 +193,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     reader.check_choice("import.verify", imp.verify, VERIFY_LEVELS)
     if not 1 <= imp.workers <= 64:
         reader.fail("import.workers", "must be between 1 and 64")
+    if not 1 <= imp.readers <= 16:
+        reader.fail("import.readers", "must be between 1 and 16")
     if not 16 <= imp.thumbnail_size <= 4096:
         reader.fail("import.thumbnail_size", "must be between 16 and 4096 pixels")
     api = reader.section(data, "api", ApiConfig)

@@ -141,6 +141,7 @@ class CopyStage:
         self.scan = scan
         self.verify = verify
         self.workers = workers
+        self.readers = config.import_.readers
         self.thumbnails = thumbnails
         self.cancel = cancel or threading.Event()
         self.abort = threading.Event()
@@ -301,9 +302,9 @@ class CopyStage:
     def run(self, to_copy: list[SourceFile], known: dict[str, str]) -> None:
         """Copy ``to_copy``; record committed files in the catalog and the manifest.
 
-        One reader thread streams the source in order (a card reads fastest sequentially
-        and is never left idle while a copy is fsynced or verified); ``workers`` finisher
-        threads fsync, verify and commit. At most ``2 × workers`` written files wait to be
+        ``readers`` threads stream the source (one, in order, suits a card best: it reads
+        fastest sequentially and is never left idle while a copy is fsynced or verified);
+        ``workers`` finisher threads fsync, verify and commit. At most ``2 × workers`` written files wait to be
         finished, which bounds the dirty data and what a stop leaves behind."""
         self.progress.phase = "file_copying"
         self._report(force=True)
@@ -322,12 +323,26 @@ class CopyStage:
             finally:
                 slots.release()
 
+        next_index = [0]
+        index_lock = threading.Lock()
+
+        def take() -> int | None:
+            with index_lock:
+                i = next_index[0]
+                if i >= len(to_copy):
+                    return None
+                if self.cancel.is_set() or self.abort.is_set():
+                    unattempted[0] = len(to_copy) - i
+                    next_index[0] = len(to_copy)
+                    return None
+                next_index[0] = i + 1
+                return i
+
         def read_all(pool: ThreadPoolExecutor) -> None:
+            i = None
             try:
-                for i, f in enumerate(to_copy):
-                    if self.cancel.is_set() or self.abort.is_set():
-                        unattempted[0] = len(to_copy) - i
-                        break
+                while (i := take()) is not None:
+                    f = to_copy[i]
                     slots.acquire()
                     written = self.read_one(f, known.get(f.rel))
                     if isinstance(written, Written):
@@ -335,16 +350,24 @@ class CopyStage:
                     else:
                         slots.release()
                         results.put(written)
-            except BaseException as e:
+            except BaseException as e:  # a bug: stop the session, keep it resumable
                 self.abort.set()
-                results.put(NotCopied(to_copy[0], f"internal error: {e.__class__.__name__}: {e}", fatal=True))
-            finally:
-                pool.shutdown(wait=True)
-                results.put(done_reading)
+                results.put(NotCopied(to_copy[i or 0], f"internal error: {e.__class__.__name__}: {e}", fatal=True))
 
         pool = ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="imalinkd-finish")
-        reader = threading.Thread(target=read_all, args=(pool,), name="imalinkd-read", daemon=True)
-        reader.start()
+        readers = [threading.Thread(target=read_all, args=(pool,), name=f"imalinkd-read-{n}", daemon=True)
+                   for n in range(max(1, min(self.readers, len(to_copy))))]
+
+        def supervise() -> None:
+            for t in readers:
+                t.join()
+            pool.shutdown(wait=True)
+            results.put(done_reading)
+
+        for t in readers:
+            t.start()
+        supervisor = threading.Thread(target=supervise, name="imalinkd-copy-supervisor", daemon=True)
+        supervisor.start()
         last_checkpoint = time.monotonic()
         while True:
             try:
@@ -359,7 +382,7 @@ class CopyStage:
                 self.checkpoint()
                 last_checkpoint = time.monotonic()
             self._report()
-        reader.join()
+        supervisor.join()
         self.flush()
         self.progress.current_file = None
         if unattempted[0] and self.fatal is None:
