@@ -286,6 +286,28 @@ def test_ready_status_and_watchdog_pings_reach_the_notify_socket(daemon):
     assert daemon.proc.returncode == 0
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def test_idle_daemon_uses_no_cpu_and_little_memory(workdir):
+    drop = workdir / "dropbox"
+    drop.mkdir()
+    config = write_config(workdir / "imalinkd.toml", workdir, f'[[drop_folder]]\npath = "{drop}"\n')
+    d = Daemon(workdir, config).start()
+    try:
+        time.sleep(1.0)  # let start-up work (catalog, first mount examination) finish
+        before = _cpu_seconds(d.proc.pid)
+        time.sleep(3.0)
+        assert _cpu_seconds(d.proc.pid) - before <= 0.05  # watchdog pings twice a second included
+        rss_kib = int(next(l for l in Path(f"/proc/{d.proc.pid}/status").read_text().splitlines() if l.startswith("VmRSS")).split()[1])
+        assert rss_kib < 200 * 1024
+    finally:
+        d.stop()
+        d.close()
+
+
 def test_sighup_with_broken_config_keeps_the_old_config(workdir):
     drop = workdir / "dropbox"
     drop.mkdir()
