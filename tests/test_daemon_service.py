@@ -132,3 +132,45 @@ def test_import_summary_names_the_sessions_that_hold_the_card():
         "card EOS_DIGITAL: already imported in sessions 1a2b3c4d, 99999999; 0 new files"
     )
     assert import_summary("X", [], 5) == "card X: 5 new files"
+
+
+def _examined(daemon):
+    from imalinkd.daemon.events import MountExamined
+
+    event = daemon.events.get(timeout=5)
+    assert isinstance(event, MountExamined)
+    return event
+
+
+def test_mount_gone_before_its_examination_ends_is_forgotten(tmp_path):
+    from imalinkd.daemon.events import MountAppeared, MountGone
+
+    (tmp_path / "card" / "DCIM").mkdir(parents=True)
+    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=tmp_path / "state")), None, environ={})
+    appeared = MountAppeared(tmp_path / "card", "0:99", "tmpfs", "tmpfs")
+    daemon.handle(appeared)
+    daemon.handle(MountGone(tmp_path / "card", "0:99"))
+    examined = _examined(daemon)
+    assert examined.has_dcim
+    daemon.handle(examined)
+    assert daemon.state.mounts == {} and daemon.state.jobs == {}
+
+
+def test_mount_without_dcim_is_recorded_as_ignored_and_starts_nothing(tmp_path):
+    from imalinkd.daemon.events import MountAppeared
+
+    (tmp_path / "usb").mkdir()
+    daemon = Daemon(Config(daemon=DaemonConfig(state_dir=tmp_path / "state")), None, environ={})
+    daemon.handle(MountAppeared(tmp_path / "usb", "0:98", "tmpfs", "tmpfs"))
+    daemon.handle(_examined(daemon))
+    assert daemon.state.mounts[tmp_path / "usb"].kind == "ignore"
+    assert daemon.state.jobs == {}
+
+
+def test_mounts_outside_mount_paths_are_not_even_examined(tmp_path):
+    from imalinkd.daemon.events import MountAppeared
+
+    config = Config(daemon=DaemonConfig(state_dir=tmp_path / "state", mount_paths=("/media",)))
+    daemon = Daemon(config, None, environ={})
+    daemon.handle(MountAppeared(tmp_path, "0:97", "tmpfs", "tmpfs"))
+    assert daemon.state.examining == {} and daemon.events.empty()
