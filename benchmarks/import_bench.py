@@ -29,6 +29,7 @@ Needs root (dropping caches, loop devices, cgroups), coreutils, rsync and e2fspr
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import os
 import random
@@ -216,7 +217,8 @@ def run_imalinkd(workdir: str, key: str, src: str, verify: str, thumbnails: bool
         note = check_import(out, files, f"case {key}")
         if thumbnails:
             thumbs = os.path.join(d, "archive")
-            made = sum(len([n for n in ns if n.endswith(".jpg")]) for dp, _ds, ns in os.walk(thumbs) if os.path.basename(dp) == "thumbnails")
+            made = sum(1 for sd in glob.glob(os.path.join(thumbs, "*", "thumbnails"))
+                       for _dp, _ds, ns in os.walk(sd) for n in ns if n.endswith(".jpg"))
             note += f", {made} thumbnails"
         return secs, note
     finally:

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-CHUNK = 4 * 1024 * 1024
+CHUNK = 1024 * 1024  # fits the CPU caches: hashing and writing a chunk reuse hot memory
 TEMP_PREFIX = ".imalinkd-partial-"
 
 
