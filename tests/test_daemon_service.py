@@ -174,3 +174,49 @@ def test_mounts_outside_mount_paths_are_not_even_examined(tmp_path):
     daemon = Daemon(config, None, environ={})
     daemon.handle(MountAppeared(tmp_path, "0:97", "tmpfs", "tmpfs"))
     assert daemon.state.examining == {} and daemon.events.empty()
+
+
+def test_import_gate_keeps_reindex_apart_from_imports():
+    import threading
+
+    from imalinkd.daemon.service import ImportGate
+
+    gate = ImportGate()
+    never = threading.Event()
+    order = []
+    with gate.importing(never) as a, gate.importing(never) as b:  # imports run together
+        assert a and b
+        started = threading.Event()
+
+        def reindex():
+            started.set()
+            with gate.reindexing(never) as ok:
+                order.append(("reindex", ok))
+
+        t = threading.Thread(target=reindex)
+        t.start()
+        started.wait()
+        t.join(0.2)
+        assert t.is_alive() and order == []  # waits for the imports
+        order.append(("imports done", True))
+    t.join(2)
+    assert order == [("imports done", True), ("reindex", True)]
+
+
+def test_import_gate_waiter_gives_up_when_cancelled():
+    import threading
+
+    from imalinkd.daemon.service import ImportGate
+
+    gate = ImportGate()
+    cancel = threading.Event()
+    result = []
+    with gate.reindexing(threading.Event()):
+        t = threading.Thread(target=lambda: result.append(gate.importing(cancel).__enter__()))
+        t.start()
+        t.join(0.1)
+        assert t.is_alive()
+        cancel.set()
+        gate.wake()
+        t.join(2)
+    assert result == [False]

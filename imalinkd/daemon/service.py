@@ -34,9 +34,10 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import structlog
 
@@ -112,6 +113,55 @@ def after_import_action(policy_after: str, outcome: str) -> str | None:
 # --- jobs ------------------------------------------------------------------------------------
 
 
+class ImportGate:
+    """Imports run side by side; a reindex runs alone. A reindex reconciles the catalog
+    with what the drive says, and a session being written at that very moment (manifest on
+    the drive, catalog rows not yet) is exactly what it must not see half-done."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._imports = 0
+        self._reindexing = False
+
+    @contextmanager
+    def importing(self, cancel: threading.Event) -> Iterator[bool]:
+        """Yields False if ``cancel`` was set while waiting (then nothing may run)."""
+        with self._cond:
+            while self._reindexing and not cancel.is_set():
+                self._cond.wait()
+            admitted = not cancel.is_set()
+            if admitted:
+                self._imports += 1
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._cond:
+                    self._imports -= 1
+                    self._cond.notify_all()
+
+    @contextmanager
+    def reindexing(self, cancel: threading.Event) -> Iterator[bool]:
+        with self._cond:
+            while (self._imports or self._reindexing) and not cancel.is_set():
+                self._cond.wait()
+            admitted = not cancel.is_set()
+            if admitted:
+                self._reindexing = True
+        try:
+            yield admitted
+        finally:
+            if admitted:
+                with self._cond:
+                    self._reindexing = False
+                    self._cond.notify_all()
+
+    def wake(self) -> None:
+        """Let waiters look at their cancel events again (not from a signal handler)."""
+        with self._cond:
+            self._cond.notify_all()
+
+
 @dataclass
 class Job:
     key: str
@@ -184,6 +234,7 @@ class Daemon:
         self._last_status = ""
         self._status_lock = threading.Lock()
         self._storage_lock = threading.Lock()
+        self.gate = ImportGate()
         self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
         self.api: Any = None
 
@@ -285,6 +336,7 @@ class Daemon:
         self.stopping.set()
         for job in self.state.jobs.values():
             job.cancel.set()
+        self.gate.wake()
         for source in (self.mount_source, self.udev_source, self.drop_source):
             if source is not None:
                 try:
@@ -435,6 +487,7 @@ class Daemon:
                     # session stays failed and resumable until the card returns.
                     log.warning("card_removed_during_import", job=job.key, name=job.name)
                     job.cancel.set()
+                    self.gate.wake()
         elif record.kind == "archive":
             log.info("archive_unmounted", mount_point=str(event.mount_point))
 
@@ -534,8 +587,10 @@ class Daemon:
     def _start_job(self, job: Job, body: Callable[[Job], JobFinished]) -> None:
         def run() -> None:
             structlog.contextvars.clear_contextvars()
+            enter = self.gate.reindexing if job.kind == "reindex" else self.gate.importing
             try:
-                finished = body(job)
+                with enter(job.cancel) as admitted:
+                    finished = body(job) if admitted else JobFinished(job.key, "cancelled")
             except BaseException as e:  # the error boundary: one line, traceback at debug
                 log.error("job_failed", job=job.key, name=job.name, error=f"{type(e).__name__}: {e}")
                 log.debug("job_failed_traceback", job=job.key, exc_info=True)
