@@ -371,6 +371,7 @@ def test_card_becomes_a_completed_session_and_the_same_card_again_makes_none(dae
     mp = workdir / "media" / "EOS_DIGITAL"
     card.mount(mp)
     [session] = wait_for(lambda: completed(daemon.config), 30, "a completed session", interval=0.5)
+    assert any(m.startswith("STATUS=importing card EOS_DIGITAL") for m in daemon.messages)
     assert "EOS_DIGITAL" in session["storage_directory_name"]
     assert session["source"]["label"] == "EOS_DIGITAL"
     fs_uuid = subprocess.run(["blkid", "-o", "value", "-s", "UUID", str(card.path)], capture_output=True, text=True).stdout.strip()
@@ -517,3 +518,18 @@ def test_drop_folder_delete_removes_only_what_was_archived(workdir):
     finally:
         d.stop()
         d.close()
+
+
+def test_sigterm_mid_copy_then_resume_from_the_command_line(daemon, make_card, workdir):
+    card = _big_card(make_card)
+    daemon.start()
+    card.mount(workdir / "media" / "EOS_DIGITAL")
+    wait_for(lambda: daemon.has_event("import_started"), 30, "the import to start", interval=0.05)
+    assert daemon.stop(timeout=10) < 10
+    [parked] = sessions(daemon.config)
+    assert parked["copy_status"] in ("failed", "in_progress")
+    proc = imalinkd(daemon.config, "resume", parked["import_session_id"], "--json")
+    assert proc.returncode == 0, proc.stderr
+    [done] = completed(daemon.config)
+    assert done["import_session_id"] == parked["import_session_id"]
+    assert_archived(done, card)
