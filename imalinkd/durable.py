@@ -67,6 +67,35 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii"))
 
 
+def create_json_exclusive(path: str | os.PathLike[str], obj: Any) -> bool:
+    """Create ``path`` with this JSON durably, unless it exists. Returns False (and leaves
+    the existing file alone) when another writer got there first: two processes
+    initialising one archive end up agreeing on one identity."""
+    path = os.fspath(path)
+    d = os.path.dirname(path) or "."
+    tmp = os.path.join(d, f".{os.path.basename(path)}.{os.getpid()}.{threading.get_ident()}.tmp")
+    atomic_write_bytes(tmp, (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii"))
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        return False
+    except OSError as e:
+        if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS):
+            raise
+        if os.path.lexists(path):  # no hard links (FAT): a narrow race remains
+            return False
+        os.rename(tmp, path)
+        fsync_dir(d)
+        return True
+    finally:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+    fsync_dir(d)
+    return True
+
+
 def drop_cache(fd: int) -> None:
     """Ask the kernel to forget the clean cached pages of ``fd`` (after fsync they are clean)."""
     try:

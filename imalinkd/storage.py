@@ -114,7 +114,12 @@ def init_storage(root: str | os.PathLike[str], label: str | None = None) -> Mark
         created_at=iso(utcnow()) or "",
     )
     try:
-        durable.atomic_write_json(os.path.join(root, MARKER), marker.as_json())
+        if not durable.create_json_exclusive(os.path.join(root, MARKER), marker.as_json()):
+            # another importer made this a root a moment ago: its identity wins
+            existing = read_marker(root)
+            if existing is None:
+                raise MarkerError(path=os.path.join(root, MARKER), message="vanished while being created")
+            return existing
     except OSError as e:
         raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
     return marker
@@ -206,7 +211,7 @@ def scan_all_mounts(depth: int = 2, extra: list[str] | None = None, errors: list
 
 def check_writable(root: str) -> None:
     """Preflight: can we create, fsync and delete a file in ``root``?"""
-    probe = os.path.join(root, f".imalinkd-probe-{os.getpid()}")
+    probe = os.path.join(root, f".imalinkd-probe-{uuid.uuid4().hex}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         try:

@@ -123,3 +123,21 @@ def test_manifest_round_trip(tmp_path):
     assert again.file_manifest == m.file_manifest and again.skipped == m.skipped
     raw = json.loads((tmp_path / "metadata.json").read_text())
     assert raw["total_files"] == 1 and raw["total_size_bytes"] == 3
+
+
+def test_concurrent_initialisation_agrees_on_one_identity(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        markers = list(pool.map(lambda _: storage.init_storage(tmp_path / "root"), range(16)))
+    assert len({m.storage_id for m in markers}) == 1
+    assert storage.read_marker(tmp_path / "root") == markers[0]
+    assert [p.name for p in (tmp_path / "root").iterdir()] == ["config.json"]
+
+
+def test_writability_probes_of_parallel_imports_do_not_collide(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda _: storage.check_writable(str(tmp_path)), range(64)))
+    assert list(tmp_path.iterdir()) == []
