@@ -172,6 +172,7 @@ class Job:
     mount_point: Path | None = None
     card: CardJob | None = None
     batch: DropBatchSettled | None = None
+    created: float = field(default_factory=time.monotonic)  # for the event-to-session latency
 
 
 @dataclass
@@ -202,21 +203,6 @@ def _importer():
     from imalinkd import importer
 
     return importer
-
-
-def _call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-    """Call an engine function, leaving out keyword arguments it does not take (None
-    values are left out, too, so the engine's own defaults apply)."""
-    import inspect
-
-    kwargs = {k: v for k, v in kwargs.items() if v is not None}
-    try:
-        params = inspect.signature(fn).parameters
-    except (TypeError, ValueError):
-        return fn(*args, **kwargs)
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        kwargs = {k: v for k, v in kwargs.items() if k in params}
-    return fn(*args, **kwargs)
 
 
 class Daemon:
@@ -628,9 +614,14 @@ class Daemon:
     def _progress(self, job: Job) -> Callable[..., None]:
         last = [0.0]
 
+        started = [False]
+
         def progress(*args: Any, **kwargs: Any) -> None:
             if self.hub is not None and args:
                 self.hub.publish(args[0])
+                if not started[0] and getattr(args[0], "session_uuid", None):
+                    started[0] = True
+                    self.hub.observe_latency(time.monotonic() - job.created)
             now = time.monotonic()
             if now - last[0] < 1.0:
                 return
@@ -646,24 +637,19 @@ class Daemon:
     def _open_storage(self, engine: Any, config: Config) -> None:
         """Open (on first use: initialise) the archive once at a time, so that two cards
         arriving together do not both try to create the storage marker."""
-        opener = getattr(engine, "open_storage", None)
-        if opener is not None:
-            with self._storage_lock:
-                opener(config, self.catalog)
+        with self._storage_lock:
+            engine.open_storage(config, self.catalog)
 
     def _run_card_job(self, job: Job, card: CardJob, config: Config) -> JobFinished:
         blog = log.bind(card_label=card.identity.label, card_uuid=card.identity.fs_uuid, mount_point=str(card.mount_point))
         engine = _importer()
         try:
             self._open_storage(engine, config)
-            resumable = None
-            finder = getattr(engine, "find_resumable_session", None)
-            if finder is not None and (card.identity.fs_uuid or card.identity.label):
-                resumable = finder(self.catalog, card.identity.fs_uuid, card.identity.label)
+            resumable = engine.find_resumable_session(self.catalog, card.identity.fs_uuid, card.identity.label)
             if resumable:
                 blog.info("card_resume_started", session_id=resumable)
-                result = _call(
-                    engine.resume_session, config, resumable, source=card.mount_point,
+                result = engine.resume_session(
+                    config, resumable, source=card.mount_point,
                     cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
                 )
             else:
@@ -671,8 +657,10 @@ class Daemon:
                 info = engine.SourceInfo(
                     kind="card", label=card.identity.label, fs_uuid=card.identity.fs_uuid, device=card.device,
                 )
-                result = _call(
-                    engine.import_source, config, card.mount_point, description=card.description,
+                # the engine fills {camera_model} and {date} from the photos themselves
+                result = engine.import_source(
+                    config, card.mount_point, description=card.policy.description,
+                    template_values=policy.description_values(label=card.identity.label, folder=card.mount_point),
                     source_info=info, verify=card.policy.verify, include=card.policy.include,
                     thumbnails=card.policy.thumbnails, cancel=job.cancel,
                     progress=self._progress(job), catalog=self.catalog,
@@ -682,7 +670,11 @@ class Daemon:
             return JobFinished(job.key, "waiting_for_storage")
         except ImalinkError as e:
             blog.error("card_import_failed", error=str(e))
+            if self.hub is not None:
+                self.hub.publish_error(str(card.mount_point), str(e))
             return JobFinished(job.key, "cancelled" if job.cancel.is_set() else "failed")
+        if self.hub is not None:
+            self.hub.publish_result(result)
         outcome = outcome_of(result)
         if outcome == "failed" and job.cancel.is_set():
             outcome = "cancelled"
@@ -711,14 +703,17 @@ class Daemon:
         rels = [p.relative_to(batch.folder).as_posix() for p in batch.paths]
         try:
             self._open_storage(engine, self.config)
-            result = _call(
-                engine.import_source, self.config, batch.folder, description=policy.drop_description(drop),
+            result = engine.import_source(
+                self.config, batch.folder, description=drop.description,
+                template_values=policy.description_values(label=None, folder=drop.path),
                 source_info=info, verify=drop.verify, include=drop.include, files=rels,
                 cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
             )
         except (StorageNotFoundError, StorageNotMountedError) as e:
             blog.warning("drop_waiting_for_archive", reason=str(e))
             return JobFinished(job.key, "waiting_for_storage")
+        if self.hub is not None:
+            self.hub.publish_result(result)
         outcome = outcome_of(result)
         session = getattr(result, "session_uuid", None)
         blog.info(
