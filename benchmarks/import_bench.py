@@ -434,6 +434,9 @@ def best_of(repeat: int, measure_once) -> tuple[float, str]:
 
 
 def measure(workdir: str, src: str, files: int, total: int, repeat: int) -> dict[str, Case]:
+    """Every case once per round, ``repeat`` rounds, keeping each case's fastest run: the
+    cases take turns, so a slow patch of the shared machine does not land on one case only
+    (noise only ever adds time)."""
     cases = {k: Case(k, n) for k, n in (
         ("a", "cp -a + sync"),
         ("b", "manual verified copy"),
@@ -442,28 +445,33 @@ def measure(workdir: str, src: str, files: int, total: int, repeat: int) -> dict
         ("e", "imalinkd size"),
         ("f", "imalinkd sha256 + thumbnails"),
     )}
+    q = shlex.quote
 
-    def shell_case(key: str, command) -> None:
+    def shell_case(key: str, command):
         def once() -> tuple[float, str]:
             d = fresh_dir(workdir, f"case-{key}")
             try:
                 return timed(command(d), cases[key].name)[0], ""
             finally:
                 shutil.rmtree(d, ignore_errors=True)
+        return once
 
-        cases[key].seconds, _ = best_of(repeat, once)
-        progress(cases[key], total)
-
-    q = shlex.quote
-    shell_case("a", lambda d: f"cp -a {q(src)} {q(d + '/card')} && sync")
-    shell_case("b", lambda d: manual_verified_copy(src, d))
+    runs = {
+        "a": shell_case("a", lambda d: f"cp -a {q(src)} {q(d + '/card')} && sync"),
+        "b": shell_case("b", lambda d: manual_verified_copy(src, d)),
+    }
     if shutil.which("rsync"):
-        shell_case("c", lambda d: f"rsync -a {q(src + '/')} {q(d + '/card/')} && sync")
+        runs["c"] = shell_case("c", lambda d: f"rsync -a {q(src + '/')} {q(d + '/card/')} && sync")
     else:
         cases["c"].note = "rsync not installed"
     for key, verify, thumbs in (("d", "sha256", False), ("e", "size", False), ("f", "sha256", True)):
-        cases[key].seconds, cases[key].note = best_of(repeat, lambda: run_imalinkd(workdir, key, src, verify, thumbs, files))
-        progress(cases[key], total)
+        runs[key] = (lambda key=key, verify=verify, thumbs=thumbs: run_imalinkd(workdir, key, src, verify, thumbs, files))
+    for rnd in range(max(1, repeat)):
+        for key, once in runs.items():
+            seconds, note = once()
+            if cases[key].seconds is None or seconds < cases[key].seconds:
+                cases[key].seconds, cases[key].note = seconds, note or cases[key].note
+            print(f"  round {rnd + 1}: {cases[key].name}: {seconds:.2f} s", flush=True)
     print()
     return cases
 

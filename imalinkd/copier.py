@@ -308,7 +308,7 @@ class CopyStage:
         finished, which bounds the dirty data and what a stop leaves behind."""
         self.progress.phase = "file_copying"
         self._report(force=True)
-        post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size)
+        post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size, self.thumbnails)
         results: queue.Queue = queue.Queue()
         slots = threading.Semaphore(self.workers * 2)
         done_reading = object()

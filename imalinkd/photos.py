@@ -14,7 +14,7 @@ import structlog
 from sqlalchemy import select
 
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo
-from imalinkd.media import extract_media
+from imalinkd.media import extract_media, kind_of
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
 from imalinkd.manifest import FileEntry
 from imalinkd.plan import photo_key
@@ -24,26 +24,29 @@ log = structlog.get_logger()
 
 class PostProcessor:
     """EXIF and thumbnails, off the copy's critical path: one background thread reads the
-    archived copies while the copy stage goes on; the copy never waits for it."""
+    archived copies while the copy stage goes on; the copy never waits for it. A shot's
+    thumbnail is made as soon as its JPEG is archived, so that little is left for the end
+    (shots with no JPEG get theirs from a RAW preview once all files are in)."""
 
-    def __init__(self, catalog: Catalog, row_id: int, session_dir: str, thumbnail_size: int) -> None:
+    def __init__(self, catalog: Catalog, row_id: int, session_dir: str, thumbnail_size: int, thumbnails: bool = True) -> None:
         self.catalog = catalog
         self.row_id = row_id
         self.session_dir = session_dir
         self.thumbnail_size = thumbnail_size
+        self.thumbnails = thumbnails
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imalinkd-media")
         self.futures: list[tuple[FileEntry, Future]] = []
+        self.early: list[tuple[str, Future]] = []  # photo key -> thumbnail being made
 
     def submit(self, entry: FileEntry) -> None:
-        if self.pool is None:
-            return
         path = os.path.join(self.session_dir, entry.storage_path)
         self.futures.append((entry, self.pool.submit(_extract_media, path)))
+        if self.thumbnails and kind_of(path) == "jpeg":
+            key = photo_key(entry.files_relative)
+            self.early.append((key, self.pool.submit(_thumbnail, path, self.session_dir, key, self.thumbnail_size)))
 
     def finish(self, thumbnails: bool) -> None:
-        """Collect metadata into the manifest and catalog, then make thumbnails."""
-        if self.pool is None:
-            return
+        """Collect metadata into the manifest and catalog, then the remaining thumbnails."""
         by_path: dict[str, dict] = {}
         for entry, fut in self.futures:
             try:
@@ -60,9 +63,26 @@ class PostProcessor:
                     if got is not None:
                         img.media_json = json.dumps(got["media"]) if got["media"] else None
                         img.media_error = got["error"]
+        done: dict[str, str] = {}
+        for key, fut in self.early:
+            try:
+                rel = fut.result()
+            except Exception:
+                log.debug("thumbnail_failed", key=key, exc_info=True)
+                rel = None
+            if rel:
+                done[key] = rel
         if thumbnails:
-            make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool)
+            make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool, done=done)
         self.pool.shutdown(wait=True)
+
+
+def _thumbnail(src: str, session_dir: str, key: str, size: int) -> str | None:
+    """Make ``thumbnails/<key>.jpg`` from ``src``; its path relative to the session, or None."""
+    rel = f"thumbnails/{key}.jpg"  # mirrors files/, one JPEG per shot (stem in lower case)
+    dest = os.path.join(session_dir, rel)
+    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    return rel if make_thumbnail(src, dest, size=size).ok else None
 
 
 def _extract_media(path: str) -> tuple[dict | None, str | None]:
@@ -107,28 +127,24 @@ def build_photos(catalog: Catalog, row_id: int) -> int:
         return len(groups)
 
 
-def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None) -> int:
-    """A JPEG per Photo under ``thumbnails/``; returns how many were made."""
+def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None,
+                    done: dict[str, str] | None = None) -> int:
+    """A JPEG per Photo under ``thumbnails/`` (``done``: photo keys that have one already);
+    returns how many Photos have a thumbnail."""
     build_photos(catalog, row_id)
+    done = done or {}
     with catalog.session() as s:
-        photos = [(p.id, p.key, p.orientation, [m.storage_relative_path for m in p.images]) for p in s.scalars(select(Photo).where(Photo.session_id == row_id))]
-    made: dict[int, str] = {}
+        photos = [(p.id, p.key, [m.storage_relative_path for m in p.images]) for p in s.scalars(select(Photo).where(Photo.session_id == row_id))]
 
     def one(item):
-        pid, key, orientation, members = item
+        pid, key, members = item
+        if key in done:
+            return pid, done[key]
         src = pick_thumbnail_source([os.path.join(session_dir, "files", m) for m in members])
-        if src is None:
-            return pid, None
-        rel = f"thumbnails/{key}.jpg"  # the files/ tree, one JPEG per shot (stem in lower case)
-        dest = os.path.join(session_dir, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        result = make_thumbnail(src, dest, size=size)
-        return pid, rel if getattr(result, "ok", False) else None
+        return pid, (_thumbnail(src, session_dir, key, size) if src is not None else None)
 
-    results = pool.map(one, photos) if pool is not None else map(one, photos)
-    for pid, rel in results:
-        if rel:
-            made[pid] = rel
+    results = list(pool.map(one, photos) if pool is not None else map(one, photos))
+    made = {pid: rel for pid, rel in results if rel}
     with catalog.session() as s:
         for pid, rel in made.items():
             p = s.get(Photo, pid)

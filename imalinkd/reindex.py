@@ -33,7 +33,7 @@ from sqlalchemy import insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from imalinkd import durable, manifest as mf, storage
-from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, upsert_storage_root
 from imalinkd.errors import ManifestError
 from imalinkd.locate import discover_roots, root_health
 from imalinkd.plan import photo_key
@@ -737,17 +737,7 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
 
 
 def _upsert_root(s, path: str, marker: storage.Marker, health: Mapping[str, Any], now: datetime, verified: bool) -> None:
-    row = s.scalar(select(StorageRoot).where(StorageRoot.storage_id == marker.storage_id))
-    if row is None:
-        row = StorageRoot(storage_id=marker.storage_id, first_seen_at=now)
-        s.add(row)
-    row.label = marker.label
-    row.last_seen_path = path
-    row.last_seen_at = now
-    row.free_bytes = health.get("free_bytes")
-    row.total_bytes = health.get("total_bytes")
-    if verified:
-        row.last_verified_at = now
+    upsert_storage_root(s, marker.storage_id, marker.label, path, now, health.get("free_bytes"), health.get("total_bytes"), verified)
 
 
 # --- entry points -----------------------------------------------------------------------------

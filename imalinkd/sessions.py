@@ -12,7 +12,7 @@ import structlog
 from sqlalchemy import select
 
 from imalinkd import locate, paths, storage
-from imalinkd.catalog import Catalog, ImportSession, StorageRoot
+from imalinkd.catalog import Catalog, ImportSession, StorageRoot, upsert_storage_root
 from imalinkd.config import Config
 from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
 
@@ -62,20 +62,12 @@ def find_root_by_id(config: Config, catalog: Catalog, storage_id: str) -> str | 
 
 
 def record_root(catalog: Catalog, root: str, marker: storage.Marker) -> None:
-    now = storage.utcnow()
     try:
         free, total = storage.disk_free(root)
     except OSError:
         free = total = None
     with catalog.session() as s:
-        row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == marker.storage_id)).first()
-        if row is None:
-            row = StorageRoot(storage_id=marker.storage_id, first_seen_at=now)
-            s.add(row)
-        row.label = marker.label
-        row.last_seen_path = root
-        row.last_seen_at = now
-        row.free_bytes, row.total_bytes = free, total
+        upsert_storage_root(s, marker.storage_id, marker.label, root, storage.utcnow(), free, total)
 
 
 def session_dir_of(config: Config, catalog: Catalog, row: ImportSession) -> str | None:

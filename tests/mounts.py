@@ -27,14 +27,21 @@ def require_root(what: str = "loop devices and mounts") -> None:
         pytest.skip(reason)
 
 
-def require_exfat() -> None:
-    require_root("exFAT card images")
-    missing = [t for t in ("mkfs.exfat", "mount.exfat-fuse") if shutil.which(t) is None]
+def require_tools(*tools: str) -> None:
+    """Skip (with the reason) when a program the test drives is missing; under CI=true,
+    where .ci/run installs them all, fail instead."""
+    missing = [t for t in tools if shutil.which(t) is None]
     if missing:
-        reason = f"missing {', '.join(missing)} (apt-get install exfatprogs exfat-fuse)"
+        reason = f"missing {', '.join(missing)} (.ci/run installs them)"
         if os.environ.get("CI") == "true":
-            pytest.fail(reason)
+            pytest.fail(f"{reason}; CI=true forbids skipping")
         pytest.skip(reason)
+
+
+def require_exfat() -> None:
+    """Root, loop devices and the exFAT tools (exfatprogs, exfat-fuse, blkid)."""
+    require_root("exFAT card images")
+    require_tools("losetup", "mkfs.exfat", "mount.exfat-fuse", "blkid")
 
 
 def run(*cmd: str) -> str:

@@ -17,7 +17,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy
 from imalinkd.locate import resolve_root, scan_locations, session_path, storage_status, update_storage_path
 from imalinkd.reindex import reindex_path
 
-from test_reindex import build_hostile_drive, config_for, counts, isolated_env, make_root, make_session  # noqa: F401
+from test_reindex import build_hostile_drive, config_for, make_root
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 

@@ -7,7 +7,6 @@ import hashlib
 import json
 import os
 import random
-import shutil
 import signal
 import socket
 import subprocess
@@ -18,17 +17,11 @@ from pathlib import Path
 
 import pytest
 
+from mounts import require_exfat as require_loop_mounts
+
 REPO = Path(__file__).resolve().parent.parent
 
 
-def require_loop_mounts() -> None:
-    tools = ("losetup", "mkfs.exfat", "mount.exfat-fuse", "blkid")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if os.geteuid() != 0 or missing:
-        reason = "loop mounts need root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true forbids skipping")
-        pytest.skip(reason)
 
 
 def sha256(path: Path) -> str:

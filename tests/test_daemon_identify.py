@@ -2,12 +2,12 @@
 (this is how camera cards look on a machine without a kernel exFAT driver)."""
 
 import json
-import os
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+
+from mounts import require_exfat as require_loop_mounts
 
 from imalinkd.daemon.identify import (
     CardIdentity,
@@ -21,14 +21,6 @@ from imalinkd.daemon.policy import plan_card_job
 from imalinkd.config import Config
 
 
-def require_loop_mounts():
-    tools = ("losetup", "mkfs.exfat", "mount.exfat-fuse", "blkid")
-    missing = [t for t in tools if shutil.which(t) is None]
-    if os.geteuid() != 0 or missing:
-        reason = "loop mounts need root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true forbids skipping")
-        pytest.skip(reason)
 
 
 def mount_card_image(img: Path, mount_point: Path, label="EOS_DIGITAL", files=None) -> str:

@@ -2,12 +2,12 @@
 
 import os
 import queue
-import shutil
 import subprocess
 import time
 from pathlib import Path
 
-import pytest
+
+from mounts import require_root, require_tools
 
 from imalinkd.daemon.events import MountAppeared, MountGone
 from imalinkd.daemon.mountinfo import MountTableSource, diff_mounts, is_interesting, parse_mountinfo
@@ -67,10 +67,8 @@ def test_unchanged_table_gives_no_events():
 
 
 def _require_root():
-    if os.geteuid() != 0 or shutil.which("mount") is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail("mount tests need root; CI=true forbids skipping")
-        pytest.skip("mounting needs root")
+    require_root("mounting")
+    require_tools("mount")
 
 
 def _next(q, kind, path, timeout=1.0):

@@ -1,12 +1,12 @@
 """The service's decisions on plain values, and its automount against a real block device."""
 
-import os
-import shutil
 import subprocess
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
+from mounts import require_root, require_tools
 
 from imalinkd.config import Config, DaemonConfig
 from imalinkd.daemon.events import BlockDeviceAdded, BlockDeviceRemoved
@@ -47,12 +47,8 @@ def test_drop_delete_takes_only_archived_unchanged_files():
 
 
 def _require_root(*tools):
-    missing = [t for t in ("losetup", *tools) if shutil.which(t) is None]
-    if os.geteuid() != 0 or missing:
-        reason = "mounting needs root" if os.geteuid() != 0 else f"missing {', '.join(missing)}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{reason}; CI=true forbids skipping")
-        pytest.skip(reason)
+    require_root("mounting")
+    require_tools("losetup", *tools)
 
 
 @pytest.fixture

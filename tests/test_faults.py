@@ -18,7 +18,7 @@ from cards import make_card, tree_hashes
 from imalinkd import durable
 from imalinkd.config import parse_config
 from imalinkd.importer import import_source, resume_session, verify_sessions
-from mounts import ext4_image, is_mounted, require_root, run, umount
+from mounts import ext4_image, is_mounted, require_root, run
 
 FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
 FS_GOING_FLAGS_NOLOGFLUSH = 2  # like pulling the plug: the journal is not flushed

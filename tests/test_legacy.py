@@ -16,7 +16,7 @@ from imalinkd.legacy import adopt, import_in_place
 from imalinkd.locate import file_path, storage_status
 from imalinkd.reindex import reindex_path
 
-from test_reindex import config_for, counts, isolated_env  # noqa: F401
+from test_reindex import config_for, counts
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from imalinkd.errors import StorageError
 from imalinkd.locate import SafeTree, discover_roots, resolve_root, session_path, storage_status, update_storage_path
 from imalinkd.reindex import reindex_path
 
-from test_reindex import config_for, isolated_env, make_root, make_session  # noqa: F401
+from test_reindex import config_for, make_root, make_session
 
 
 def test_discover_finds_roots_up_to_the_depth_and_names_bad_markers(tmp_path):

@@ -12,7 +12,6 @@ import os
 import uuid
 from datetime import datetime, timezone
 
-import pytest
 from sqlalchemy import func, select
 
 from imalinkd import manifest as mf, storage
@@ -32,13 +31,6 @@ from imalinkd.reindex import (
 # --- shared factories ---------------------------------------------------------------------------
 
 
-@pytest.fixture(autouse=True)
-def isolated_env(tmp_path, monkeypatch):
-    for k in list(os.environ):
-        if k.startswith("IMALINKD_"):
-            monkeypatch.delenv(k)
-    for k in ("HOME", "XDG_STATE_HOME", "XDG_DATA_HOME", "XDG_CONFIG_HOME"):
-        monkeypatch.setenv(k, str(tmp_path / "home" / k.lower()))
 
 
 def config_for(tmp_path, root=None, **storage_keys):

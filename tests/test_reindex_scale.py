@@ -15,7 +15,7 @@ from imalinkd import durable, manifest as mf, paths, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile
 from imalinkd.errors import ManifestError
 from imalinkd.reindex import _walk_files, apply_plan, load_catalog_state, plan_reindex, read_drive, reindex_path
-from tests.test_reindex import config_for, isolated_env, make_root, make_session  # noqa: F401
+from test_reindex import config_for, make_root, make_session
 
 SHA = "ab" * 32
 

@@ -1,7 +1,6 @@
 """The systemd unit: it verifies cleanly and keeps the service contract (DESIGN §4, §5)."""
 
 import configparser
-import os
 import re
 import shutil
 import subprocess
@@ -9,14 +8,13 @@ from pathlib import Path
 
 import pytest
 
+from mounts import require_tools
+
 UNIT = Path(__file__).resolve().parent.parent / "systemd" / "imalinkd.service"
 
 
 def _require(tool):
-    if shutil.which(tool) is None:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"{tool} is missing; CI=true forbids skipping")
-        pytest.skip(f"{tool} is not installed")
+    require_tools(tool)
 
 
 def _directives():

@@ -150,3 +150,20 @@ def find_session(s: Session, ref: str | int) -> ImportSession:
     if len(rows) > 1:
         raise AmbiguousSessionError(ref=ref_s, matches=", ".join(r.storage_uuid[:13] for r in rows[:5]))
     return rows[0]
+
+
+def upsert_storage_root(s: Session, storage_id: str, label: str, path: str, now, free_bytes: int | None,
+                        total_bytes: int | None, verified: bool = False) -> StorageRoot:
+    """Record that the root ``storage_id`` was seen at ``path`` now (information only: the
+    live path is always resolved again from the marker)."""
+    row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == storage_id)).first()
+    if row is None:
+        row = StorageRoot(storage_id=storage_id, first_seen_at=now)
+        s.add(row)
+    row.label = label
+    row.last_seen_path = path
+    row.last_seen_at = now
+    row.free_bytes, row.total_bytes = free_bytes, total_bytes
+    if verified:
+        row.last_verified_at = now
+    return row
