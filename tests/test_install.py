@@ -1,7 +1,7 @@
 """The README's set-up as a new user meets it: the package installs into a fresh virtual
 environment with its data files (migrations), and the installed `imalinkd` starts the
-daemon on the embedded defaults — SQLite catalog and storage root under the user's own
-directories — as an ordinary user, with no config file anywhere."""
+daemon on the embedded defaults (SQLite catalog, storage root and API token under the
+default state directory) with no config file anywhere."""
 
 from __future__ import annotations
 
