@@ -13,6 +13,19 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 
 
+SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
+
+
+@pytest.fixture
+def samples() -> Path:
+    """The shared real-camera samples (../shared/testdata/exif-samples), by path."""
+    if not SAMPLES.is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"test data missing under CI: {SAMPLES}")
+        pytest.skip("../shared/testdata/exif-samples is not present")
+    return SAMPLES
+
+
 @pytest.fixture(autouse=True)
 def isolated_env(tmp_path_factory, monkeypatch):
     home = tmp_path_factory.mktemp("home")

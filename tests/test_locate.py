@@ -13,7 +13,7 @@ from imalinkd.errors import StorageError
 from imalinkd.locate import SafeTree, discover_roots, resolve_root, session_path, storage_status, update_storage_path
 from imalinkd.reindex import reindex_path
 
-from test_reindex import config_for, make_root, make_session
+from test_reindex import config_for, indexed_archive, make_root
 
 
 def test_discover_finds_roots_up_to_the_depth_and_names_bad_markers(tmp_path):
@@ -43,12 +43,7 @@ def test_resolve_prefers_configured_root_then_last_seen_and_checks_identity(tmp_
 
 
 def test_session_reached_through_symlinks_is_not_accessible(tmp_path):
-    root = tmp_path / "archive"
-    marker = make_root(root)
-    sid, sdir = make_session(root, marker)
-    config = config_for(tmp_path, root)
-    catalog = Catalog.open(config)
-    reindex_path(config, catalog, str(root))
+    root, marker, sid, sdir, config, catalog = indexed_archive(tmp_path)
     assert storage_status(config, catalog, sid)["files_accessible"] == 3
     camera = os.path.join(sdir, "files", "DCIM", "100CANON")
     os.rename(camera, camera + ".real")
@@ -63,12 +58,7 @@ def test_session_reached_through_symlinks_is_not_accessible(tmp_path):
 
 
 def test_update_storage_path_validates_and_records_the_root(tmp_path):
-    root = tmp_path / "archive"
-    marker = make_root(root)
-    sid, sdir = make_session(root, marker)
-    config = config_for(tmp_path, root)
-    catalog = Catalog.open(config)
-    reindex_path(config, catalog, str(root))
+    root, marker, sid, sdir, config, catalog = indexed_archive(tmp_path)
     moved = tmp_path / "deep" / "er" / "still" / "archive"
     moved.parent.mkdir(parents=True)
     os.rename(root, moved)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import random
 import struct
 import tempfile
@@ -18,24 +17,15 @@ from PIL import Image
 
 from imalinkd import media
 from imalinkd.media import MediaInfo, extract_media, kind_of, media_from_manifest
+from conftest import SAMPLES
 from media_factory import make_exif, write_fake_raw, write_jpeg, write_tiff
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
 
 
 @pytest.fixture(autouse=True)
 def without_exiftool(monkeypatch):
     """exiftool is optional and slow to start: tests run without it unless they ask."""
     monkeypatch.setattr(media, "find_exiftool", lambda: None)
-
-
-@pytest.fixture
-def samples() -> Path:
-    if not SAMPLES.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"test data missing under CI: {SAMPLES}")
-        pytest.skip("../shared/testdata/exif-samples is not present")
-    return SAMPLES
 
 
 def full_exif():

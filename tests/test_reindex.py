@@ -33,6 +33,17 @@ from imalinkd.reindex import (
 
 
 
+def indexed_archive(tmp_path):
+    """A storage root with one session, indexed into a fresh catalog."""
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    sid, sdir = make_session(root, marker)
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    reindex_path(config, catalog, str(root))
+    return root, marker, sid, sdir, config, catalog
+
+
 def config_for(tmp_path, root=None, **storage_keys):
     data = {"catalog": {"url": f"sqlite:///{tmp_path}/catalog.db"}, "storage": dict(storage_keys)}
     if root is not None:
@@ -231,12 +242,7 @@ def test_reindex_rebuilds_a_deleted_catalog_with_the_same_rows(tmp_path):
 
 
 def test_reindex_flags_a_file_whose_size_changed_without_hashing(tmp_path):
-    root = tmp_path / "archive"
-    marker = make_root(root)
-    sid, sdir = make_session(root, marker)
-    config = config_for(tmp_path, root)
-    catalog = Catalog.open(config)
-    reindex_path(config, catalog, str(root))
+    root, marker, sid, sdir, config, catalog = indexed_archive(tmp_path)
     with open(os.path.join(sdir, "files/DCIM/100CANON/IMG_0002.JPG"), "ab") as f:
         f.write(b"grown")
     report = reindex_path(config, catalog, str(root))
@@ -264,12 +270,7 @@ def test_verify_rehashes_and_names_damaged_files(tmp_path):
 def test_removed_session_directory_is_marked_missing_not_deleted(tmp_path):
     import shutil
 
-    root = tmp_path / "archive"
-    marker = make_root(root)
-    sid, sdir = make_session(root, marker)
-    config = config_for(tmp_path, root)
-    catalog = Catalog.open(config)
-    reindex_path(config, catalog, str(root))
+    root, marker, sid, sdir, config, catalog = indexed_archive(tmp_path)
     moved = tmp_path / "elsewhere"
     shutil.move(sdir, moved)
     assert reindex_path(config, catalog, str(root)).roots[0].sessions_missing == 1

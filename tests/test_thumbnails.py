@@ -16,22 +16,12 @@ from imalinkd.media import MediaInfo
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
 from media_factory import make_exif, marked_image, write_fake_raw, write_jpeg, write_tiff
 
-SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
 
 
 @pytest.fixture(autouse=True)
 def without_exiftool(monkeypatch):
     """exiftool is optional and slow to start: tests run without it unless they ask."""
     monkeypatch.setattr(media, "find_exiftool", lambda: None)
-
-
-@pytest.fixture
-def samples() -> Path:
-    if not SAMPLES.is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"test data missing under CI: {SAMPLES}")
-        pytest.skip("../shared/testdata/exif-samples is not present")
-    return SAMPLES
 
 
 def red_corner(path: Path) -> str:
