@@ -116,6 +116,10 @@ class ImportResult:
 
 # --- planning helpers that ask the catalog ---------------------------------------------
 
+# What counts as archived: files of completed sessions whose copies are in an archive —
+# not legacy (in-place) sessions, not sessions whose directory is gone from its drive.
+_ARCHIVED = (ImportSession.copy_status == "completed", ImportSession.copy_files.is_(True), ImportSession.missing.is_(False))
+
 
 def _archived_sizes(catalog: Catalog) -> Callable[[set[int]], set[int]]:
     def look(sizes: set[int]) -> set[int]:
@@ -127,7 +131,7 @@ def _archived_sizes(catalog: Catalog) -> Callable[[set[int]], set[int]]:
                 q = (
                     select(Image.file_size).distinct()
                     .join(ImportSession, Image.session_id == ImportSession.id)
-                    .where(ImportSession.copy_status == "completed", Image.file_size.in_(chunk))
+                    .where(*_ARCHIVED, Image.file_size.in_(chunk))
                 )
                 found.update(s.scalars(q))
         return found
@@ -141,7 +145,7 @@ def _find_archived(catalog: Catalog) -> Callable[[str, int], str | None]:
             q = (
                 select(ImportSession.storage_uuid, Image.storage_relative_path)
                 .join(ImportSession, Image.session_id == ImportSession.id)
-                .where(ImportSession.copy_status == "completed", Image.sha256 == sha, Image.file_size == size)
+                .where(*_ARCHIVED, Image.sha256 == sha, Image.file_size == size)
                 .limit(1)
             )
             hit = s.execute(q).first()

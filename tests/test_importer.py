@@ -343,3 +343,13 @@ def test_thumbnails_and_media_are_recorded_for_each_photo(tmp_path):
         photo = s.scalars(select(Photo).where(Photo.key == "DCIM/100CANON/img_0001")).one()
         assert photo.camera_model == "X100V" and photo.thumbnail_path == "thumbnails/DCIM/100CANON/img_0001.jpg"
         assert len(photo.images) == 2
+
+
+def test_files_of_a_session_gone_from_its_drive_are_not_duplicates(tmp_path, cfg):
+    card = make_card(tmp_path / "card", shots=2)
+    first = import_source(cfg, card.root)
+    with Catalog.open(cfg).session() as s:
+        s.scalars(select(ImportSession)).one().missing = True  # as reindex marks a deleted directory
+    again = import_source(cfg, card.root)
+    assert again.session_uuid is not None and again.total_files == len(card.files) and again.duplicates_skipped == 0
+    assert again.session_uuid != first.session_uuid
