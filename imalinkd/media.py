@@ -171,7 +171,7 @@ def _extract(path: Path) -> MediaInfo:
     # process (about 0.2 s), so it is asked only about still undated files that are real
     # images to the libraries (a date in a maker note) or of the formats they cover least —
     # never about every unreadable file of an import.
-    if "taken_at" not in fields and (fields or path.suffix.lower() in EXIFTOOL_FORMATS) and find_exiftool():
+    if "taken_at" not in fields and (fields or _has_format_signature(path)) and find_exiftool():
         try:
             for key, value in _read_exiftool(path).items():
                 fields.setdefault(key, value)
@@ -625,7 +625,34 @@ _EXIFTOOL_ARGS = (
 
 # formats whose capture time the libraries above often miss (exifread cannot read them;
 # exiv2 only partly), and video containers other than the MP4/MOV/MTS parsed here
-EXIFTOOL_FORMATS = {".x3f", ".iiq", ".cr3", ".crw", ".raf", ".mrw", ".avi", ".mkv", ".3gp", ".m4v", ".mpg"}
+# Each with the bytes its files start with (at the given offset): a file of random bytes
+# that merely carries the extension costs no exiftool process.
+EXIFTOOL_FORMATS: dict[str, tuple[tuple[int, bytes], ...]] = {
+    ".x3f": ((0, b"FOVb"),),
+    ".iiq": ((0, b"II*\x00"), (0, b"MM\x00*")),
+    ".cr3": ((4, b"ftypcrx"),),
+    ".crw": ((6, b"HEAPCCDR"),),
+    ".raf": ((0, b"FUJIFILMCCD-RAW"),),
+    ".mrw": ((0, b"\x00MRM"),),
+    ".avi": ((0, b"RIFF"),),
+    ".mkv": ((0, b"\x1a\x45\xdf\xa3"),),
+    ".3gp": ((4, b"ftyp"),),
+    ".m4v": ((4, b"ftyp"),),
+    ".mpg": ((0, b"\x00\x00\x01\xba"), (0, b"\x00\x00\x01\xb3")),
+}
+
+
+def _has_format_signature(path: Path) -> bool:
+    """Does the file start like a real file of one of the EXIFTOOL_FORMATS?"""
+    signatures = EXIFTOOL_FORMATS.get(path.suffix.lower())
+    if not signatures:
+        return False
+    try:
+        with open(path, "rb") as f:
+            head = f.read(32)
+    except OSError:
+        return False
+    return any(head[offset:offset + len(magic)] == magic for offset, magic in signatures)
 
 
 @functools.lru_cache(maxsize=1)

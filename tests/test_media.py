@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import random
 import struct
 import tempfile
@@ -344,3 +346,15 @@ def test_concurrent_extraction_matches_sequential(tmp_path):
     with ThreadPoolExecutor(max_workers=8) as pool:
         for _ in range(3):
             assert list(pool.map(extract_media, paths)) == expected
+
+
+def test_exiftool_is_not_started_for_random_bytes_under_a_raw_name(tmp_path, monkeypatch):
+    """An undated file costs an exiftool process only when it starts like its format."""
+    calls = []
+    monkeypatch.setattr(media, "find_exiftool", lambda: "/bin/false")
+    monkeypatch.setattr(media, "_read_exiftool", lambda p: calls.append(p.name) or {})
+    (tmp_path / "RANDOM.CR3").write_bytes(os.urandom(4096))
+    (tmp_path / "REAL.CR3").write_bytes(b"\x00\x00\x00\x18ftypcrx " + os.urandom(4096))
+    extract_media(tmp_path / "RANDOM.CR3")
+    extract_media(tmp_path / "REAL.CR3")
+    assert calls == ["REAL.CR3"]
