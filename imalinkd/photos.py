@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
@@ -23,8 +24,9 @@ log = structlog.get_logger()
 
 
 class PostProcessor:
-    """EXIF and thumbnails, off the copy's critical path: one background thread reads the
-    archived copies while the copy stage goes on; the copy never waits for it. A shot's
+    """EXIF and thumbnails, off the copy's critical path: background threads (at a lower
+    scheduling priority) read the archived copies while the copy stage goes on; the copy
+    never waits for them. A shot's
     thumbnail is made as soon as its JPEG is archived, so that little is left for the end
     (shots with no JPEG get theirs from a RAW preview once all files are in)."""
 
@@ -34,7 +36,9 @@ class PostProcessor:
         self.session_dir = session_dir
         self.thumbnail_size = thumbnail_size
         self.thumbnails = thumbnails
-        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="imalinkd-media")
+        # as many threads as cores: Pillow decodes without the GIL, and once the copy is done
+        # the remaining thumbnails get the whole machine
+        self.pool = ThreadPoolExecutor(max_workers=os.cpu_count() or 1, thread_name_prefix="imalinkd-media", initializer=_lower_priority)
         self.futures: list[tuple[FileEntry, Future]] = []
         self.early: list[tuple[str, Future]] = []  # photo key -> thumbnail being made
 
@@ -75,6 +79,15 @@ class PostProcessor:
         if thumbnails:
             make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool, done=done)
         self.pool.shutdown(wait=True)
+
+
+def _lower_priority() -> None:
+    """Linux schedules threads one by one: this one yields the CPU to the copy, whose
+    hashing keeps both cores of a small machine busy."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 10)
+    except (OSError, AttributeError):
+        pass
 
 
 def _thumbnail(src: str, session_dir: str, key: str, size: int) -> str | None:
