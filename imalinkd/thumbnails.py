@@ -142,7 +142,11 @@ def _shrink(image: Image.Image, size: int) -> tuple[Image.Image, int | None]:
     """
     before = image.getexif().get(0x0112)
     if image.format == "JPEG":
-        image.draft("RGB", (size, size))  # DCT scaling: decodes 1/2, 1/4 or 1/8 of it
+        # DCT scaling decodes 1/2, 1/4 or 1/8 of it. The box keeps the aspect ratio: asking
+        # for (size, size) would make the short side decide and decode twice the pixels.
+        w, h = image.size
+        scale = size / max(w, h, 1)
+        image.draft("RGB", (max(1, int(w * scale)), max(1, int(h * scale))))
     image.load()
     after = image.getexif().get(0x0112)
     applied = before if before in _TRANSPOSE and after != before else None
