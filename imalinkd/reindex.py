@@ -51,13 +51,35 @@ _PHOTO_FIELDS = ("taken_at", "camera_make", "camera_model", "camera_serial", "le
 # --- values read from a drive ----------------------------------------------------------------
 
 
+# A manifest file as stat-ed: (st_size, st_mtime_ns, st_ctime_ns).
+ManifestSignature = tuple[int, int, int]
+
+
+@dataclass(frozen=True)
+class KnownManifest:
+    """What the catalog recorded of a copy's manifest when it last read it."""
+
+    session_uuid: str
+    signature: ManifestSignature
+
+
 @dataclass(frozen=True)
 class DriveSession:
-    """One readable session directory on a root."""
+    """One readable session directory on a root.
+
+    ``manifest`` is None when the manifest was not read again because its signature is the
+    one the catalog recorded (:func:`read_drive`); ``known_uuid`` then names the session.
+    ``on_disk`` is always read from the drive."""
 
     dir_name: str
-    manifest: mf.SessionManifest
+    manifest: mf.SessionManifest | None
     on_disk: Mapping[str, int]  # path below files/ → size, regular files only (no partials)
+    signature: ManifestSignature | None = None  # to record; None: read the manifest next time
+    known_uuid: str | None = None
+
+    @property
+    def session_uuid(self) -> str:
+        return self.manifest.import_session_id if self.manifest is not None else self.known_uuid
 
 
 @dataclass(frozen=True)
@@ -81,6 +103,7 @@ class CatalogCopy:
     storage_id: str
     dir_name: str
     missing: bool
+    signature: ManifestSignature | None = None
 
 
 @dataclass(frozen=True)
@@ -129,11 +152,16 @@ class ReindexPlan:
     size_flags: list[tuple[int, bool]] = field(default_factory=list)  # image id → mismatch now
     replicas: list[str] = field(default_factory=list)  # session UUIDs seen here as a replica
     notes: list[tuple[str, str]] = field(default_factory=list)  # (dir name, note)
+    # manifest signatures to record: by directory name for the copies inserted, by copy id
+    # for the existing copies whose recorded signature is not the one read
+    signatures: dict[str, ManifestSignature | None] = field(default_factory=dict)
+    signatures_changed: list[tuple[int, ManifestSignature | None]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
         return not (self.new_sessions or self.new_copies or self.copies_missing or self.copies_renamed
-                    or self.sessions_missing or self.sessions_back or self.sessions_renamed or self.size_flags)
+                    or self.sessions_missing or self.sessions_back or self.sessions_renamed or self.size_flags
+                    or self.signatures_changed)
 
 
 def shot_key(files_relative: str) -> str:
@@ -288,13 +316,20 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
     - a catalogued copy on this root whose directory is gone is marked missing (the session
       itself when it is its home), and un-marked when it is back;
     - an image of a session at home here whose file size on disk is not the recorded one
-      (or whose file is gone) is flagged, and un-flagged when it matches again.
+      (or whose file is gone) is flagged, and un-flagged when it matches again; this holds
+      for the sessions whose manifest was not read again too (their sizes are read);
+    - each copy here records the signature of the manifest as read (or None).
+
+    A session whose manifest was not read (``manifest`` None) must be in ``catalog``.
     """
     plan = ReindexPlan(drive.storage_id)
-    on_drive: dict[str, DriveSession] = {ds.manifest.import_session_id: ds for ds in drive.sessions}
+    on_drive: dict[str, DriveSession] = {ds.session_uuid: ds for ds in drive.sessions}
     for uuid_, ds in on_drive.items():
         cs = catalog.sessions.get(uuid_)
+        plan.signatures[ds.dir_name] = ds.signature
         if cs is None:
+            if ds.manifest is None:
+                raise ValueError(f"{ds.dir_name}: manifest not read and session {uuid_} not in the catalog")
             home = _valid_uuid(ds.manifest.storage_id) or drive.storage_id
             new = _new_session(drive, ds, home)
             plan.new_sessions.append(new)
@@ -314,6 +349,8 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
             plan.copies_seen.append(copy.id)
             if copy.dir_name != ds.dir_name:
                 plan.copies_renamed.append((copy.id, ds.dir_name))
+            if copy.signature != ds.signature:
+                plan.signatures_changed.append((copy.id, ds.signature))
         if is_home:
             if cs.missing:
                 plan.sessions_back.append(cs.id)
@@ -350,6 +387,7 @@ class RootReport:
     storage_id: str
     label: str
     sessions_on_drive: int = 0
+    manifests_read: int = 0  # the others were unchanged since the catalog last read them
     sessions_added: int = 0
     images_added: int = 0
     photos_added: int = 0
@@ -431,28 +469,66 @@ def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
     return sizes, links
 
 
-def _read_session_dir(path: str) -> tuple[mf.SessionManifest | None, dict[str, int] | None, tuple[str, str] | None]:
-    """One session directory: its validated manifest and the sizes of its files, or the
-    item rejected ``(path, reason)``. Reads nothing outside ``path``."""
+# A manifest modified less than this long before it was stat-ed may be modified again
+# without its mtime changing (FAT keeps mtimes to 2 s), so its signature is not recorded and
+# the next reindex reads it again. Git's "racily clean" index entries, for the same reason.
+RACY_NS = 2_000_000_000
+
+
+def manifest_signature(path: str, now_ns: int | None = None) -> ManifestSignature | None:
+    """The signature of the manifest at ``path`` (its ``lstat``), or None when it cannot be
+    trusted to show the next change: not a regular file, or modified too recently.
+
+    Size, mtime and ctime together: rewriting a manifest changes its mtime; ``cp -a``,
+    ``rsync -a`` or ``touch -d`` can put an old mtime back, but not the ctime, which the
+    kernel sets on every change (an atomic replace makes a new inode, with its own ctime)."""
+    now_ns = time.time_ns() if now_ns is None else now_ns
     try:
-        m = mf.read_manifest(path)
-    except ManifestError as e:
-        return None, None, (str(e.fields.get("path") or os.path.join(path, mf.FILENAME)), str(e))
-    except OSError as e:
-        return None, None, (os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}")
+        st = os.lstat(path)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode) or now_ns - st.st_mtime_ns <= RACY_NS:
+        return None
+    return (st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+SessionRead = tuple[mf.SessionManifest | None, dict[str, int] | None, tuple[str, str] | None, ManifestSignature | None]
+
+
+def _read_session_dir(path: str, known: ManifestSignature | None = None) -> SessionRead:
+    """One session directory: its validated manifest, the sizes of its files and the
+    manifest's signature; or the item rejected ``(path, reason)`` (with the manifest, and
+    its signature, when only ``files/`` is at fault). Reads nothing outside ``path``.
+
+    When the manifest's signature is ``known`` (what the catalog recorded when it last read
+    it), the manifest is neither read nor parsed and None is returned in its place; the
+    rest is read as always: a ``files/`` that became a symlink is still rejected, and every
+    file's size is still read, since a file can change size in place with neither the
+    manifest nor any directory changing. The signature is taken before the manifest is
+    read: a change made while reading shows as a new signature next time."""
+    signature = manifest_signature(os.path.join(path, mf.FILENAME))
+    if known is not None and signature == known:
+        m = None
+    else:
+        try:
+            m = mf.read_manifest(path)
+        except ManifestError as e:
+            return None, None, (str(e.fields.get("path") or os.path.join(path, mf.FILENAME)), str(e)), None
+        except OSError as e:
+            return None, None, (os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}"), None
     files_dir = os.path.join(path, "files")
     try:
         fst = os.lstat(files_dir)
     except FileNotFoundError:
         fst = None
     except OSError as e:
-        return m, None, (files_dir, f"cannot be read: {e.strerror}")
+        return m, None, (files_dir, f"cannot be read: {e.strerror}"), signature
     if fst is not None and stat.S_ISLNK(fst.st_mode):
-        return m, None, (files_dir, "files/ is a symbolic link; not followed")
+        return m, None, (files_dir, "files/ is a symbolic link; not followed"), signature
     on_disk: dict[str, int] = {}
     if fst is not None and stat.S_ISDIR(fst.st_mode):
         on_disk, _links = _walk_files(files_dir)
-    return m, on_disk, None
+    return m, on_disk, None, signature
 
 
 # Session directories are read by a few threads: parsing holds the GIL, but opening,
@@ -462,9 +538,15 @@ def _read_session_dir(path: str) -> tuple[mf.SessionManifest | None, dict[str, i
 READ_THREADS = 4
 
 
-def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS) -> tuple[DriveState, list[tuple[str, str]]]:
+def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
+               known: Mapping[str, KnownManifest] | None = None) -> tuple[DriveState, list[tuple[str, str]]]:
     """Read every session directory of the root at ``root``. Returns the drive's state and
-    the rejected items ``(path, reason)``. Nothing outside ``root`` is read."""
+    the rejected items ``(path, reason)``. Nothing outside ``root`` is read.
+
+    ``known`` maps directory names to what the catalog recorded of their manifests: a
+    manifest whose signature is still that one is not read again (its session is the
+    recorded one); with ``known`` None or empty, every manifest is read."""
+    known = known or {}
     rejected: list[tuple[str, str]] = []
     sessions: list[DriveSession] = []
     present: set[str] = set()
@@ -494,26 +576,32 @@ def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS) -
         uuid8.add(entry.name[-8:])
         items.append(entry)
     dirs = [it.path for it in items if isinstance(it, os.DirEntry)]
+    signatures = [known[it.name].signature if it.name in known else None
+                  for it in items if isinstance(it, os.DirEntry)]
     if threads > 1 and len(dirs) > 1:
         with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reindex-read") as pool:
-            results = iter(list(pool.map(_read_session_dir, dirs)))
+            results = iter(list(pool.map(_read_session_dir, dirs, signatures)))
     else:
-        results = map(_read_session_dir, dirs)
+        results = map(_read_session_dir, dirs, signatures)
     for item in items:
         if not isinstance(item, os.DirEntry):
             rejected.append(item)
             continue
-        m, on_disk, problem = next(results)
+        m, on_disk, problem, signature = next(results)
         path = item.path
-        if m is not None and m.import_session_id in seen_uuids:
-            rejected.append((path, f"holds session {m.import_session_id}, already read from {seen_uuids[m.import_session_id]} on this root"))
-            continue
         if m is not None:
-            seen_uuids[m.import_session_id] = path
+            uuid_ = m.import_session_id
+        else:  # not read again when its signature is the known one, else rejected
+            uuid_ = known[item.name].session_uuid if signature is not None else None
+        if uuid_ is not None and uuid_ in seen_uuids:
+            rejected.append((path, f"holds session {uuid_}, already read from {seen_uuids[uuid_]} on this root"))
+            continue
+        if uuid_ is not None:
+            seen_uuids[uuid_] = path
         if problem is not None:
             rejected.append(problem)
             continue
-        sessions.append(DriveSession(item.name, m, on_disk))
+        sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_))
     return DriveState(marker.storage_id, marker.label, tuple(sessions), frozenset(present), frozenset(uuid8)), rejected
 
 
@@ -525,12 +613,37 @@ def _chunks(items: list, n: int = 500) -> Iterable[list]:
         yield items[i:i + n]
 
 
+def _signature(size: int | None, mtime_ns: int | None, ctime_ns: int | None) -> ManifestSignature | None:
+    return None if size is None or mtime_ns is None or ctime_ns is None else (size, mtime_ns, ctime_ns)
+
+
+def _signature_columns(signature: ManifestSignature | None) -> dict[str, int | None]:
+    size, mtime_ns, ctime_ns = signature or (None, None, None)
+    return {"manifest_size": size, "manifest_mtime_ns": mtime_ns, "manifest_ctime_ns": ctime_ns}
+
+
+def load_known_manifests(s, storage_id: str) -> dict[str, KnownManifest]:
+    """What the catalog recorded of the manifests of its copies on the root ``storage_id``,
+    by directory name: the manifests :func:`read_drive` need not read again."""
+    rows = s.execute(select(SessionCopy.storage_directory_name, ImportSession.storage_uuid, SessionCopy.manifest_size,
+                            SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns)
+                     .join(ImportSession, ImportSession.id == SessionCopy.session_id)
+                     .where(SessionCopy.storage_id == storage_id, SessionCopy.manifest_size.is_not(None)))
+    known = {}
+    for name, uuid_, size, mtime_ns, ctime_ns in rows:
+        signature = _signature(size, mtime_ns, ctime_ns)
+        if signature is not None:
+            known[name] = KnownManifest(uuid_, signature)
+    return known
+
+
 def load_catalog_state(s, drive: DriveState) -> CatalogState:
     """The catalog's sessions that concern ``drive``: at home or copied there, or present
-    on it by UUID; with their copies, and images for the sessions at home here."""
+    on it by UUID; with their copies, and images for the sessions at home here (their
+    paths, sizes and flags in one query for the whole root)."""
     ids: set[int] = set(s.scalars(select(ImportSession.id).where(ImportSession.storage_id == drive.storage_id)))
     ids |= set(s.scalars(select(SessionCopy.session_id).where(SessionCopy.storage_id == drive.storage_id)))
-    uuids = [ds.manifest.import_session_id for ds in drive.sessions]
+    uuids = [ds.session_uuid for ds in drive.sessions]
     for chunk in _chunks(uuids):
         ids |= set(s.scalars(select(ImportSession.id).where(ImportSession.storage_uuid.in_(chunk))))
     if not ids:
@@ -545,13 +658,19 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                                  ImportSession.storage_directory_name, ImportSession.missing,
                                  ImportSession.copy_files).where(ImportSession.id.in_(chunk))).all()
         for c in s.execute(select(SessionCopy.id, SessionCopy.session_id, SessionCopy.storage_id,
-                                  SessionCopy.storage_directory_name, SessionCopy.missing).where(SessionCopy.session_id.in_(chunk))):
-            copies[c.session_id].append(CatalogCopy(c.id, c.storage_id, c.storage_directory_name, bool(c.missing)))
-    home_here = [r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive]
-    for chunk in _chunks(home_here):
-        for im in s.execute(select(Image.id, Image.session_id, Image.storage_relative_path, Image.file_size,
-                                   Image.size_mismatch).where(Image.session_id.in_(chunk))):
-            images[im.session_id][im.storage_relative_path] = (im.id, im.file_size, bool(im.size_mismatch))
+                                  SessionCopy.storage_directory_name, SessionCopy.missing, SessionCopy.manifest_size,
+                                  SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns)
+                           .where(SessionCopy.session_id.in_(chunk))):
+            copies[c.session_id].append(CatalogCopy(c.id, c.storage_id, c.storage_directory_name, bool(c.missing),
+                                                    _signature(c.manifest_size, c.manifest_mtime_ns, c.manifest_ctime_ns)))
+    home_here = {r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive and r.copy_files}
+    if home_here:
+        for image_id, sid, rel, size, flagged in s.execute(
+                select(Image.id, Image.session_id, Image.storage_relative_path, Image.file_size, Image.size_mismatch)
+                .join(ImportSession, ImportSession.id == Image.session_id)
+                .where(ImportSession.storage_id == drive.storage_id, ImportSession.copy_files)):
+            if sid in home_here:
+                images[sid][rel] = (image_id, size, bool(flagged))
     return CatalogState({
         r.storage_uuid: CatalogSession(r.id, r.storage_uuid, r.storage_id, r.storage_directory_name, bool(r.missing),
                                        bool(r.copy_files), tuple(copies[r.id]), images.get(r.id, {}))
@@ -678,8 +797,9 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
     if skipped:
         writer = _RowWriter(conn, SkippedFile.__table__, ("session_id",), skipped[0][1])
         writer.insert_many(((sid,), r) for sid, r in skipped)
-    copies = _RowWriter(conn, SessionCopy.__table__, ("session_id", "last_seen_at"), first.copy)
-    copies.insert_many(((sid, now), n.copy) for sid, n in zip(ids, plan.new_sessions))
+    rows = [{**n.copy, **_signature_columns(plan.signatures.get(n.copy["storage_directory_name"]))} for n in plan.new_sessions]
+    copies = _RowWriter(conn, SessionCopy.__table__, ("session_id", "last_seen_at"), rows[0])
+    copies.insert_many(((sid, now), row) for sid, row in zip(ids, rows))
 
 
 def _is_pysqlite(conn) -> bool:
@@ -711,14 +831,18 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
                 image_rows.append({**row, "session_id": sid, "photo_id": photo_ids[offset + idx] if idx is not None else None})
             offset += len(n.photos)
             skipped_rows += [{**r, "session_id": sid} for r in n.skipped]
-            copy_rows.append({**n.copy, "session_id": sid, "last_seen_at": now})
+            copy_rows.append({**n.copy, "session_id": sid, "last_seen_at": now,
+                              **_signature_columns(plan.signatures.get(n.copy["storage_directory_name"]))})
         for chunk in _chunks(image_rows, 20000):
             s.execute(insert(Image.__table__), chunk)
         if skipped_rows:
             s.execute(insert(SkippedFile.__table__), skipped_rows)
         s.execute(insert(SessionCopy.__table__), copy_rows)
     if plan.new_copies:
-        s.execute(insert(SessionCopy.__table__), [{**c, "last_seen_at": now} for c in plan.new_copies])
+        s.execute(insert(SessionCopy.__table__), [{**c, "last_seen_at": now, **_signature_columns(
+            plan.signatures.get(c["storage_directory_name"]))} for c in plan.new_copies])
+    if plan.signatures_changed:
+        s.execute(update(SessionCopy), [{"id": cid, **_signature_columns(sig)} for cid, sig in plan.signatures_changed])
     for chunk in _chunks(plan.copies_seen):
         s.execute(update(SessionCopy).where(SessionCopy.id.in_(chunk)).values(missing=False, last_seen_at=now))
     for chunk in _chunks(plan.copies_missing):
@@ -792,10 +916,35 @@ def _claimed_elsewhere(catalog: Catalog, config, found: storage.FoundRoot) -> st
     return None
 
 
+def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState:
+    """``drive`` with the manifests read again of the sessions that were not read because
+    the catalog knew them, but that the catalog no longer has (removed from it meanwhile)."""
+    stale = {ds.dir_name for ds in drive.sessions if ds.manifest is None and ds.session_uuid not in state.sessions}
+    if not stale:
+        return drive
+    sessions = []
+    for ds in drive.sessions:
+        if ds.dir_name in stale:
+            m, on_disk, problem, signature = _read_session_dir(os.path.join(root, ds.dir_name))
+            if problem is not None:  # damaged since: left out now, read (and rejected) next time
+                continue
+            ds = DriveSession(ds.dir_name, m, on_disk, signature)
+        sessions.append(ds)
+    return DriveState(drive.storage_id, drive.label, tuple(sessions), drive.present_dirs, drive.present_uuid8)
+
+
 def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool = False) -> ReindexReport:
-    """Reconcile one storage root (already found and its marker valid) with the catalog."""
+    """Reconcile one storage root (already found and its marker valid) with the catalog.
+
+    The manifests the catalog read before and that are unchanged since (same size, mtime
+    and ctime) are not read again; every file's size is (see :func:`_read_session_dir`).
+    ``verify`` reads every manifest, since it re-hashes every file they list."""
     report = ReindexReport()
-    drive, rejected = read_drive(found.path, found.marker)
+    known: dict[str, KnownManifest] = {}
+    if not verify:
+        with catalog.session() as s:
+            known = load_known_manifests(s, found.marker.storage_id)
+    drive, rejected = read_drive(found.path, found.marker, known=known)
     report.rejected += rejected
     rr = RootReport(found.path, found.marker.storage_id, found.marker.label, sessions_on_drive=len(drive.sessions))
     if verify:
@@ -805,7 +954,9 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
         try:
             with catalog.session() as s:
                 now = storage.utcnow()
-                plan = plan_reindex(drive, load_catalog_state(s, drive))
+                state = load_catalog_state(s, drive)
+                drive = _read_again(found.path, drive, state)
+                plan = plan_reindex(drive, state)
                 apply_plan(s, plan, now)
                 _upsert_root(s, found.path, found.marker, rr.health, now, verify)
             break
@@ -822,9 +973,11 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
     rr.size_mismatches = sum(1 for _, f in plan.size_flags if f) + sum(
         1 for n in plan.new_sessions for _, row in n.images if row["size_mismatch"])
     rr.notes = plan.notes
+    rr.sessions_on_drive = len(drive.sessions)
+    rr.manifests_read = sum(1 for ds in drive.sessions if ds.manifest is not None)
     report.roots.append(rr)
     log.info("reindex_root", path=found.path, storage_id=found.marker.storage_id, sessions=len(drive.sessions),
-             added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,
+             manifests_read=rr.manifests_read, added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,
              back=rr.sessions_back, replicas=rr.replicas, rejected=len(rejected))
     for path, reason in rejected:
         log.warning("reindex_rejected", path=path, reason=reason)

@@ -183,5 +183,11 @@ class SessionCopy(Base):
     storage_directory_name: Mapped[str] = mapped_column(String(255))
     last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     missing: Mapped[bool] = mapped_column(Boolean, default=False)
+    # This copy's metadata.json as a reindex last read it (each copy has its own file):
+    # while its size, mtime and ctime are the same, a reindex does not read it again.
+    # NULL: read it next time.
+    manifest_size: Mapped[int | None] = mapped_column(BigInteger)
+    manifest_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    manifest_ctime_ns: Mapped[int | None] = mapped_column(BigInteger)
 
     session: Mapped[ImportSession] = relationship(back_populates="copies")
