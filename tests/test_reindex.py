@@ -413,3 +413,193 @@ def test_replica_root_is_recorded_as_a_second_copy(tmp_path):
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(ImportSession)) == 1
         assert s.scalar(select(func.count()).select_from(SessionCopy)) == 2
+
+
+# --- reindexing an archive the catalog already holds ------------------------------------------------
+
+
+def age_manifests(root, seconds=3600):
+    """Make every manifest older than the racy window, as on a drive whose imports are over."""
+    import time
+
+    old = time.time_ns() - seconds * 1_000_000_000
+    for name in os.listdir(root):
+        path = os.path.join(str(root), name, mf.FILENAME)
+        if os.path.isfile(path):
+            os.utime(path, ns=(old, old))
+
+
+def count_manifest_reads(monkeypatch) -> list[str]:
+    reads: list[str] = []
+    real = mf.read_manifest
+
+    def counting(session_dir):
+        reads.append(os.path.basename(str(session_dir)))
+        return real(session_dir)
+
+    monkeypatch.setattr(mf, "read_manifest", counting)
+    return reads
+
+
+def indexed_settled_archive(tmp_path, sessions=2):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    made = [make_session(root, marker, description=f"trip{i}") for i in range(sessions)]
+    age_manifests(root)
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    first = reindex_path(config, catalog, str(root))
+    assert first.ok and first.roots[0].manifests_read == sessions
+    return root, marker, made, config, catalog
+
+
+def test_unchanged_sessions_are_not_read_again(tmp_path, monkeypatch):
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    before = counts(catalog)
+    reads = count_manifest_reads(monkeypatch)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and reads == []
+    r = report.roots[0]
+    assert (r.sessions_on_drive, r.manifests_read, r.sessions_added, r.size_mismatches) == (2, 0, 0, 0)
+    assert counts(catalog) == before
+
+
+def test_a_changed_manifest_is_read_again(tmp_path, monkeypatch):
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    m = mf.read_manifest(sdir)
+    m.description = "renamed trip"
+    mf.write_manifest(sdir, m)
+    reads = count_manifest_reads(monkeypatch)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and reads == [os.path.basename(sdir)]
+    age_manifests(root)  # its new signature was too recent to record: read once more, then not
+    reindex_path(config, catalog, str(root))
+    reads.clear()
+    reindex_path(config, catalog, str(root))
+    assert reads == []
+
+
+def test_a_manifest_replaced_by_a_hostile_one_is_read_and_rejected(tmp_path):
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    path = os.path.join(sdir, mf.FILENAME)
+    st = os.stat(path)
+    data = json.load(open(path))
+    data["file_manifest"][0]["storage_path"] = "../../etc/passwd"
+    with open(path, "w") as f:
+        f.write(json.dumps(data))
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with its old mtime back
+    report = reindex_path(config, catalog, str(root))
+    assert [p for p, _ in report.rejected] == [path] and "'..'" in report.rejected[0][1]
+    with catalog.session() as s:  # damaged, not gone
+        assert s.scalar(select(ImportSession.missing).where(ImportSession.storage_uuid == sid)) is False
+    assert not reindex_path(config, catalog, str(root)).ok  # rejected every time, not remembered
+
+
+def test_a_file_grown_in_place_is_flagged_though_its_manifest_is_unchanged(tmp_path, monkeypatch):
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[1]
+    victim = os.path.join(sdir, "files/DCIM/100CANON/IMG_0001.CR3")
+    with open(victim, "ab") as f:
+        f.write(b"grown")
+    reads = count_manifest_reads(monkeypatch)
+    report = reindex_path(config, catalog, str(root))
+    assert reads == [] and report.roots[0].size_mismatches == 1
+    with catalog.session() as s:
+        assert s.scalars(select(Image.storage_relative_path).where(Image.size_mismatch)).all() == ["DCIM/100CANON/IMG_0001.CR3"]
+    os.truncate(victim, len(SHOT_FILES["DCIM/100CANON/IMG_0001.CR3"]))
+    os.unlink(os.path.join(sdir, "files/DCIM/100CANON/IMG_0002.JPG"))
+    reindex_path(config, catalog, str(root))
+    assert reads == []
+    with catalog.session() as s:
+        assert s.scalars(select(Image.storage_relative_path).where(Image.size_mismatch)).all() == ["DCIM/100CANON/IMG_0002.JPG"]
+
+
+def test_an_unchanged_session_whose_files_became_a_symlink_is_rejected(tmp_path):
+    import shutil
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    shutil.move(os.path.join(sdir, "files"), tmp_path / "outside")
+    os.symlink(tmp_path / "outside", os.path.join(sdir, "files"))
+    report = reindex_path(config, catalog, str(root))
+    assert [p for p, _ in report.rejected] == [os.path.join(sdir, "files")]
+
+
+def test_gone_and_back_sessions_are_seen_without_reading_manifests(tmp_path, monkeypatch):
+    import shutil
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    reads = count_manifest_reads(monkeypatch)
+    shutil.move(sdir, tmp_path / "away")
+    assert reindex_path(config, catalog, str(root)).roots[0].sessions_missing == 1
+    shutil.move(tmp_path / "away", sdir)
+    assert reindex_path(config, catalog, str(root)).roots[0].sessions_back == 1
+    assert reads == []
+
+
+def test_a_session_directory_replaced_by_a_symlink_is_rejected(tmp_path):
+    import shutil
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    shutil.move(sdir, tmp_path / "outside")
+    os.symlink(tmp_path / "outside", sdir)
+    report = reindex_path(config, catalog, str(root))
+    assert [p for p, _ in report.rejected] == [sdir] and "symbolic link" in report.rejected[0][1]
+
+
+def test_verify_reads_every_manifest(tmp_path, monkeypatch):
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    reads = count_manifest_reads(monkeypatch)
+    report = reindex_path(config, catalog, str(root), verify=True)
+    assert report.ok and len(reads) == 2 and report.roots[0].verified_files == 6
+
+
+def test_a_manifest_written_a_moment_ago_is_not_trusted_to_stay_unchanged(tmp_path, monkeypatch):
+    root = tmp_path / "archive"
+    make_session(root, make_root(root))
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    reindex_path(config, catalog, str(root))
+    with catalog.session() as s:
+        assert s.scalar(select(SessionCopy.manifest_size)) is None
+    reads = count_manifest_reads(monkeypatch)
+    reindex_path(config, catalog, str(root))
+    assert len(reads) == 1
+
+
+def test_a_catalog_from_before_manifest_signatures_upgrades_and_reindexes(tmp_path, monkeypatch):
+    from alembic import command
+    from alembic.config import Config as AlembicConfig
+    from sqlalchemy import inspect
+
+    from imalinkd.catalog import MIGRATIONS
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    with open(os.path.join(made[0][1], "files/DCIM/100CANON/IMG_0002.JPG"), "ab") as f:
+        f.write(b"grown")
+    before = counts(catalog)
+    cfg = AlembicConfig()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    with catalog.engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    with catalog.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == "0001"
+        assert "manifest_size" not in {c["name"] for c in inspect(conn).get_columns("session_copies")}
+    catalog.close()
+
+    catalog = Catalog.open(config)  # upgrades
+    assert counts(catalog) == before
+    reads = count_manifest_reads(monkeypatch)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and len(reads) == 2 and report.roots[0].size_mismatches == 1
+    reads.clear()
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and reads == [] and counts(catalog) == before
+    with catalog.session() as s:
+        assert s.scalar(select(func.count()).select_from(Image).where(Image.size_mismatch)) == 1
+        assert all(c.manifest_size for c in s.scalars(select(SessionCopy)))
