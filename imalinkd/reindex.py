@@ -5,7 +5,9 @@ The drive is the truth and the catalog a cache (DESIGN §1). Reindexing is three
 1. *read the drive* (:func:`read_drive`): the marker, every session directory's manifest,
    and the size of every regular file below each ``files/``: one ``lstat`` per file, no
    hashing, no symlink followed. Whatever is hostile or damaged is rejected by name and
-   the rest is read;
+   the rest is read. A manifest whose size, mtime and ctime are those the catalog recorded
+   when it last read it is not read again (the common case: a drive plugged in again);
+   the file sizes always are, since a file can change size in place;
 2. *plan* (:func:`plan_reindex`): a pure diff between those values and the catalog's state
    for this root, giving a :class:`ReindexPlan`;
 3. *apply* (:func:`apply_plan`): one transaction with bulk inserts.
