@@ -174,7 +174,7 @@ def test_kill_9_at_any_instant_then_resume_completes_without_recopying(tmp_path,
 
 
 def test_sigterm_during_import_leaves_a_resumable_session(tmp_path, cfg):
-    card = make_card(tmp_path / "card", shots=20, raw_kb=2048)
+    card = make_card(tmp_path / "card", shots=40, raw_kb=4096)  # still copying when the signal lands
     proc = subprocess.Popen([sys.executable, "-m", "imalinkd", "--config", str(cfg), "import", str(card.root), "--json"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     _wait_for_files(tmp_path / "archive", 2)

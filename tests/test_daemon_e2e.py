@@ -404,13 +404,16 @@ def test_card_present_at_start_is_imported(daemon, make_card, workdir):
     assert_archived(session, card)
 
 
-def _big_card(make_card):
-    # Enough bytes that the copy is still running when we interrupt it.
-    return make_card(shots=24, mb_per_file=4, size_mb=160, seed=7)
+def _big_card(make_card, daemon, workdir):
+    """A card whose import is still running when the test interrupts it: enough bytes, and
+    a daemon that copies one file at a time and re-reads the source (paranoid), so that a
+    fast machine does not finish before the signal lands."""
+    write_config(daemon.config, workdir, extra='readers = 1\nworkers = 1\nverify = "paranoid"')
+    return make_card(shots=32, mb_per_file=4, size_mb=200, seed=7)
 
 
 def test_sigterm_mid_copy_exits_quickly_and_the_session_resumes(daemon, make_card, workdir):
-    card = _big_card(make_card)
+    card = _big_card(make_card, daemon, workdir)
     daemon.start()
     mp = workdir / "media" / "EOS_DIGITAL"
     card.mount(mp)
@@ -429,7 +432,7 @@ def test_sigterm_mid_copy_exits_quickly_and_the_session_resumes(daemon, make_car
 
 
 def test_card_pulled_mid_copy_resumes_when_it_returns(daemon, make_card, workdir):
-    card = _big_card(make_card)
+    card = _big_card(make_card, daemon, workdir)
     daemon.start()
     mp = workdir / "media" / "EOS_DIGITAL"
     card.mount(mp)
@@ -479,7 +482,7 @@ def test_card_waits_for_the_archive_and_starts_when_it_is_mounted(workdir, make_
 
 
 def test_card_put_back_at_once_elsewhere_still_ends_in_one_complete_session(daemon, make_card, workdir):
-    card = _big_card(make_card)
+    card = _big_card(make_card, daemon, workdir)
     daemon.start()
     first = workdir / "media" / "slot1"
     card.mount(first)
@@ -514,7 +517,7 @@ def test_drop_folder_delete_removes_only_what_was_archived(workdir):
 
 
 def test_sigterm_mid_copy_then_resume_from_the_command_line(daemon, make_card, workdir):
-    card = _big_card(make_card)
+    card = _big_card(make_card, daemon, workdir)
     daemon.start()
     card.mount(workdir / "media" / "EOS_DIGITAL")
     wait_for(lambda: daemon.has_event("import_started"), 30, "the import to start", interval=0.05)
