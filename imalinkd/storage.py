@@ -104,6 +104,8 @@ def init_storage(root: str | os.PathLike[str], label: str | None = None) -> Mark
     existing = read_marker(root) if os.path.isdir(root) else None
     if existing is not None:
         return existing
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise StorageNotWritableError(path=root, message="it exists and is not a directory")
     try:
         os.makedirs(root, exist_ok=True)
     except OSError as e:

@@ -186,3 +186,15 @@ def test_sigterm_during_import_leaves_a_resumable_session(tmp_path, cfg):
     r = imalinkd("resume", result["import_session_id"][:8], cfg=cfg)
     assert r.returncode == 0, r.stderr
     assert tree_hashes(Path(result["storage_path"]) / "files") == card.files
+
+
+@pytest.mark.parametrize("what", ["missing", "a file", "storage is a file"])
+def test_bad_paths_get_one_clear_line_and_exit_1(tmp_path, cfg, what):
+    (tmp_path / "plain").write_text("x")
+    card = make_card(tmp_path / "card", shots=1)
+    args = {"missing": [str(tmp_path / "nope")], "a file": [str(tmp_path / "plain")],
+            "storage is a file": [str(card.root), "--storage", str(tmp_path / "plain")]}[what]
+    r = imalinkd("import", *args, cfg=cfg)
+    assert r.returncode == 1
+    assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert {"missing": "No such file", "a file": "not a directory", "storage is a file": "not a directory"}[what] in r.stderr
