@@ -6,9 +6,10 @@ stage runs in worker threads and is the only one that writes to the archive (thr
 calling thread, so the catalog is written by one thread per import.
 
 Crash safety: a file is under its final name only after it was fsynced and verified. The
-catalog gets a row right after each commit; ``metadata.json`` is rewritten at checkpoints and
-at the end. ``resume`` reconciles both with the disk: committed files are kept (never copied
-again), temporary files are discarded, the rest is copied.
+catalog rows and ``metadata.json`` are brought up to date at checkpoints and at the end, so
+after a crash the disk may hold committed files that neither lists yet: ``resume``
+reconciles both with the disk — committed files are kept (checked, never copied again),
+temporary files are discarded, the rest is copied.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """``metadata.json``: the session manifest, the drive's own record of a session.
 
 It holds every field of the seed's metadata format plus what DESIGN §2 adds. It is written
-atomically; during a copy it is rewritten at checkpoints, and the catalog (updated after
-every committed file) is the finer-grained journal. Reading validates everything a hostile
+atomically; during a copy it is rewritten at checkpoints (with the catalog's rows), and
+after a crash resume reconciles it with the files on disk. Reading validates everything a hostile
 or damaged drive could get wrong and raises ManifestError naming the file.
 
 Entry paths: ``original_path`` is relative to the source, ``storage_path`` relative to the
