@@ -204,3 +204,23 @@ def test_failed_fsync_is_not_retried_and_the_file_counts_as_not_copied(tmp_path,
     done = resume_session(cfg, result.session_uuid)
     assert done.copy_status == "completed"
     assert tree_hashes(Path(done.storage_path) / "files") == card.files
+
+
+def test_an_exfat_archive_keeps_names_that_differ_only_in_case(tmp_path):
+    """Archive drives are often exFAT: no hard links, names compared without case. Two
+    source files whose names differ only in case both survive, neither overwritten."""
+    from mounts import exfat_mount, make_exfat_image
+
+    image = make_exfat_image(tmp_path / "archive.img", label="ARCHIVE", size_mb=64)
+    src = tmp_path / "card" / "DCIM" / "100"
+    src.mkdir(parents=True)
+    upper, lower = os.urandom(70_000), os.urandom(80_000)
+    (src / "IMG_1.JPG").write_bytes(upper)
+    (src / "img_1.jpg").write_bytes(lower)
+    with exfat_mount(image, tmp_path / "mnt", readonly=False) as mnt:
+        cfg = config_for(tmp_path, mnt / "photos")
+        result = import_source(cfg, tmp_path / "card")
+        assert result.copy_status == "completed" and result.total_files == 2
+        files = Path(result.storage_path) / "files" / "DCIM" / "100"
+        assert sorted(p.read_bytes() for p in files.iterdir()) == sorted([upper, lower])
+        assert verify_sessions(cfg, [result.session_uuid]).ok
