@@ -31,7 +31,7 @@ from datetime import datetime
 from typing import Any, Iterable, Mapping
 
 import structlog
-from sqlalchemy import LargeBinary, insert, select, type_coerce, update
+from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
 from imalinkd import durable, manifest as mf, storage
@@ -39,6 +39,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, 
 from imalinkd.errors import ManifestError
 from imalinkd.locate import discover_roots, root_health
 from imalinkd.plan import photo_key
+from imalinkd.sessions import importer_alive
 
 try:  # the media module's choice of a shot's best file, where it has one
     from imalinkd.media import best_member
@@ -118,6 +119,9 @@ class CatalogSession:
     copy_files: bool = True
     copies: tuple[CatalogCopy, ...] = ()
     images: Mapping[str, tuple[int, int, bool]] = field(default_factory=dict)  # rel → (id, size, flagged)
+    copy_status: str | None = None
+    total_files: int | None = None
+    active: bool = False  # an importer is writing it right now: its manifest lags the catalog
 
 
 @dataclass(frozen=True)
@@ -151,6 +155,9 @@ class ReindexPlan:
     sessions_missing: list[int] = field(default_factory=list)
     sessions_back: list[int] = field(default_factory=list)
     sessions_renamed: list[tuple[int, str]] = field(default_factory=list)
+    # catalogued sessions whose manifest moved on (resumed or completed elsewhere): their rows
+    # are deleted and the session is added again from the manifest (in new_sessions)
+    sessions_replaced: list[int] = field(default_factory=list)
     size_flags: list[tuple[int, bool]] = field(default_factory=list)  # image id → mismatch now
     replicas: list[str] = field(default_factory=list)  # session UUIDs seen here as a replica
     notes: list[tuple[str, str]] = field(default_factory=list)  # (dir name, note)
@@ -161,7 +168,7 @@ class ReindexPlan:
 
     @property
     def is_empty(self) -> bool:
-        return not (self.new_sessions or self.new_copies or self.copies_missing or self.copies_renamed
+        return not (self.new_sessions or self.sessions_replaced or self.new_copies or self.copies_missing or self.copies_renamed
                     or self.sessions_missing or self.sessions_back or self.sessions_renamed or self.size_flags
                     or self.signatures_changed)
 
@@ -341,6 +348,14 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
                 plan.notes.append((ds.dir_name, new.note))
             continue
         is_home = cs.storage_id == drive.storage_id
+        if is_home and ds.manifest is not None and cs.copy_files and cs.copy_status is not None and not cs.active:
+            fresh = _new_session(drive, ds, drive.storage_id)
+            if (fresh.session["copy_status"], fresh.session["total_files"]) != (cs.copy_status, cs.total_files):
+                plan.sessions_replaced.append(cs.id)
+                plan.new_sessions.append(fresh)
+                plan.notes.append((ds.dir_name, f"the manifest moved on ({cs.copy_status}, {cs.total_files} files → "
+                                                 f"{fresh.session['copy_status']}, {fresh.session['total_files']} files): taken from the drive"))
+                continue
         copy = next((c for c in cs.copies if c.storage_id == drive.storage_id), None)
         if copy is None:
             plan.new_copies.append({"session_id": cs.id, "storage_id": drive.storage_id,
@@ -689,7 +704,9 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
     for chunk in _chunks(id_list):
         rows += s.execute(select(ImportSession.id, ImportSession.storage_uuid, ImportSession.storage_id,
                                  ImportSession.storage_directory_name, ImportSession.missing,
-                                 ImportSession.copy_files).where(ImportSession.id.in_(chunk))).all()
+                                 ImportSession.copy_files, ImportSession.copy_status, ImportSession.total_files,
+                                 ImportSession.importer_pid, ImportSession.importer_host)
+                          .where(ImportSession.id.in_(chunk))).all()
         for c in s.execute(select(SessionCopy.id, SessionCopy.session_id, SessionCopy.storage_id,
                                   SessionCopy.storage_directory_name, SessionCopy.missing, SessionCopy.manifest_size,
                                   SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns)
@@ -710,7 +727,9 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                 images[sid][decode(rel)] = (image_id, size, bool(flagged))
     return CatalogState({
         r.storage_uuid: CatalogSession(r.id, r.storage_uuid, r.storage_id, r.storage_directory_name, bool(r.missing),
-                                       bool(r.copy_files), tuple(copies[r.id]), images.get(r.id, {}))
+                                       bool(r.copy_files), tuple(copies[r.id]), images.get(r.id, {}),
+                                       r.copy_status, r.total_files,
+                                       r.copy_status == "in_progress" and importer_alive(r))
         for r in rows
     })
 
@@ -850,6 +869,8 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
     rows as Core inserts, several times faster at 100,000 images. Other databases, or
     ``dbapi_inserts=False``, use Core inserts with ``RETURNING``."""
     conn = s.connection()
+    for chunk in _chunks(plan.sessions_replaced):  # their images, photos and copies go too (ON DELETE CASCADE)
+        s.execute(delete(ImportSession).where(ImportSession.id.in_(chunk)))
     if plan.new_sessions and dbapi_inserts and _is_pysqlite(conn):
         _insert_new_sessions_sqlite(conn, plan, now)
     elif plan.new_sessions:

@@ -603,3 +603,45 @@ def test_a_catalog_from_before_manifest_signatures_upgrades_and_reindexes(tmp_pa
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Image).where(Image.size_mismatch)) == 1
         assert all(c.manifest_size for c in s.scalars(select(SessionCopy)))
+
+
+def test_plan_takes_a_manifest_that_moved_on_but_not_one_an_importer_is_writing():
+    m = manifest_value()  # completed, on the drive
+    name = "20261124_import_trip_aaaaaaaa"
+    behind = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False),), {},
+                            copy_status="failed", total_files=1)
+    plan = plan_reindex(drive(DriveSession(name, m, on_disk_of(m))), CatalogState({S1: behind}))
+    assert plan.sessions_replaced == [1] and [n.session["copy_status"] for n in plan.new_sessions] == ["completed"]
+    busy = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False),), {},
+                          copy_status="in_progress", total_files=1, active=True)
+    plan = plan_reindex(drive(DriveSession(name, m, on_disk_of(m))), CatalogState({S1: busy}))
+    assert plan.sessions_replaced == [] and plan.new_sessions == []
+
+
+def test_a_session_resumed_with_another_catalog_is_complete_after_reindex(tmp_path):
+    """Failed here, resumed on another machine (another catalog), back here: reindex takes
+    the drive's word for it."""
+    import threading
+
+    from cards import make_card, tree_hashes
+    from imalinkd.importer import import_source, resume_session
+
+    card = make_card(tmp_path / "card", shots=4)
+    here = config_for(tmp_path, tmp_path / "archive")
+    cancel = threading.Event()
+    cancel.set()
+    failed = import_source(here, card.root, cancel=cancel)
+    assert failed.copy_status == "failed"
+    other_dir = tmp_path / "other"
+    other_dir.mkdir()
+    elsewhere = config_for(other_dir, tmp_path / "archive")
+    reindex_path(elsewhere, Catalog.open(elsewhere), str(tmp_path / "archive"))
+    assert resume_session(elsewhere, failed.session_uuid, source=card.root).copy_status == "completed"
+    catalog = Catalog.open(here)
+    report = reindex_path(here, catalog, str(tmp_path / "archive"))
+    assert report.ok
+    with catalog.session() as s:
+        row = s.scalars(select(ImportSession)).one()
+        assert row.copy_status == "completed" and row.total_files == len(card.files)
+        assert {i.storage_relative_path: i.sha256 for i in s.scalars(select(Image))} == card.files
+    assert tree_hashes(tmp_path / "archive" / failed.storage_directory_name / "files") == card.files
