@@ -26,6 +26,7 @@ from typing import Any, Callable, Sequence
 
 CHUNK = 1024 * 1024  # fits the CPU caches: hashing and writing a chunk reuse hot memory
 TEMP_PREFIX = ".imalinkd-partial-"
+_RENAME_LOCK = threading.Lock()  # commits on file systems without hard links
 
 
 def fsync_dir(path: str | os.PathLike[str]) -> None:
@@ -197,11 +198,14 @@ class Sink:
         except OSError as e:
             if e.errno not in (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS):
                 raise
-            # File systems without hard links (FAT, exFAT): check, then rename. Only this
-            # process writes into its session directory, so the check cannot go stale.
-            if os.path.lexists(self.target):
-                raise FileExistsError(errno.EEXIST, "File exists", self.target) from None
-            os.rename(self.temp, self.target)
+            # File systems without hard links (FAT, exFAT): check, then rename, under one
+            # lock. Only this process writes into its session directory (the session lock),
+            # and within it the lock keeps two finishers from both seeing a name free — on
+            # a case-insensitive drive IMG_1.JPG and img_1.jpg are one name.
+            with _RENAME_LOCK:
+                if os.path.lexists(self.target):
+                    raise FileExistsError(errno.EEXIST, "File exists", self.target) from None
+                os.rename(self.temp, self.target)
         fsync_dir(self.directory)
 
     def discard(self) -> None:

@@ -214,13 +214,16 @@ def test_an_exfat_archive_keeps_names_that_differ_only_in_case(tmp_path):
     image = make_exfat_image(tmp_path / "archive.img", label="ARCHIVE", size_mb=64)
     src = tmp_path / "card" / "DCIM" / "100"
     src.mkdir(parents=True)
-    upper, lower = os.urandom(70_000), os.urandom(80_000)
-    (src / "IMG_1.JPG").write_bytes(upper)
-    (src / "img_1.jpg").write_bytes(lower)
+    contents = []
+    for i in range(12):  # pairs, so that parallel finishers race for the same name
+        for name in (f"IMG_{i:02d}A.JPG", f"IMG_{i:02d}a.JPG"):  # adjacent in copy order
+            data = os.urandom(70_000 + 1000 * len(contents))
+            (src / name).write_bytes(data)
+            contents.append(data)
     with exfat_mount(image, tmp_path / "mnt", readonly=False) as mnt:
         cfg = config_for(tmp_path, mnt / "photos")
         result = import_source(cfg, tmp_path / "card")
-        assert result.copy_status == "completed" and result.total_files == 2
+        assert result.copy_status == "completed" and result.total_files == len(contents)
         files = Path(result.storage_path) / "files" / "DCIM" / "100"
-        assert sorted(p.read_bytes() for p in files.iterdir()) == sorted([upper, lower])
+        assert sorted(p.read_bytes() for p in files.iterdir()) == sorted(contents)
         assert verify_sessions(cfg, [result.session_uuid]).ok
