@@ -198,3 +198,44 @@ def test_bad_paths_get_one_clear_line_and_exit_1(tmp_path, cfg, what):
     assert r.returncode == 1
     assert r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert {"missing": "No such file", "a file": "not a directory", "storage is a file": "not a directory"}[what] in r.stderr
+
+
+def _run_on_a_terminal(args: list[str], timeout: float = 60) -> str:
+    """Run the CLI with a pseudo-terminal as stdout and stderr; return what it printed."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    proc = subprocess.Popen([sys.executable, "-m", "imalinkd", *args], stdin=subprocess.DEVNULL, stdout=slave,
+                            stderr=slave, env={**os.environ, "COLUMNS": "160", "TERM": "xterm"})
+    os.close(slave)
+    out = b""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([master], [], [], 0.2)
+        if ready:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # the terminal closed: the process has ended
+                break
+            if not chunk:
+                break
+            out += chunk
+        elif proc.poll() is not None:
+            break
+    proc.wait(timeout=10)
+    os.close(master)
+    return out.decode("utf-8", "replace")
+
+
+def test_progress_bar_on_a_terminal_and_none_otherwise(tmp_path, cfg):
+    card = make_card(tmp_path / "card", shots=6, raw_kb=512)
+    shown = _run_on_a_terminal(["--config", str(cfg), "import", str(card.root)])
+    assert "files" in shown and ("MB/s" in shown or "kB/s" in shown) and "━" in shown  # files, bytes, speed
+    assert "completed" in shown
+    (card.root / "DCIM/100CANON/NEW.CR2").write_bytes(os.urandom(10000))
+    r = imalinkd("import", str(card.root), cfg=cfg)  # pipes, not a terminal
+    assert r.returncode == 0 and "/s" not in r.stderr and "━" not in r.stderr
+    (card.root / "DCIM/100CANON/NEW2.CR2").write_bytes(os.urandom(10000))
+    json_on_tty = _run_on_a_terminal(["--config", str(cfg), "import", str(card.root), "--json"])
+    assert "━" not in json_on_tty and json_on_tty.lstrip().startswith("{")
