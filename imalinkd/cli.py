@@ -337,8 +337,19 @@ def cmd_reindex(config, args) -> int:
     if args.json:
         _print_json(data)
     else:
-        _say(json.dumps({k: v for k, v in data.items() if k != "rejected"}, default=str))
+        if not data.get("roots"):
+            _say("no storage root found" + (f" at or below {args.path}" if args.path else " on any mounted file system"))
+        for r in data.get("roots", []):
+            _say(f"{r['path']} ({r.get('label')!r}): {r.get('sessions_on_drive', 0)} sessions on the drive, "
+                 f"{r.get('sessions_added', 0)} added ({r.get('images_added', 0)} files), {r.get('sessions_missing', 0)} missing, "
+                 f"{r.get('sessions_back', 0)} back, {r.get('replicas', 0)} replicas, {r.get('size_mismatches', 0)} size mismatches")
+            for n in r.get("notes", []):
+                _say(f"  {n.get('session')}: {n.get('note')}")
+        for d in data.get("damaged", []):
+            _say(f"  damaged: {d.get('path')}: {d.get('reason')}")
     for item in data.get("rejected") or []:
+        if isinstance(item, dict):
+            item = f"{item.get('path')}: {item.get('reason')}"
         print(f"imalinkd: rejected {item}", file=sys.stderr)
     return EXIT_OK if report.ok else EXIT_FAILED
 

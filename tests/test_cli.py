@@ -239,3 +239,15 @@ def test_progress_bar_on_a_terminal_and_none_otherwise(tmp_path, cfg):
     (card.root / "DCIM/100CANON/NEW2.CR2").write_bytes(os.urandom(10000))
     json_on_tty = _run_on_a_terminal(["--config", str(cfg), "import", str(card.root), "--json"])
     assert "━" not in json_on_tty and json_on_tty.lstrip().startswith("{")
+
+
+def test_reindex_names_a_damaged_manifest_and_exits_1(tmp_path, cfg):
+    card = make_card(tmp_path / "card", shots=2)
+    out = json.loads(imalinkd("import", str(card.root), "--json", cfg=cfg).stdout)
+    r = imalinkd("reindex", str(tmp_path / "archive"), cfg=cfg)
+    assert r.returncode == 0 and "1 sessions on the drive" in r.stdout
+    manifest = Path(out["storage_path"]) / "metadata.json"
+    manifest.write_text(manifest.read_text()[:100])  # truncated
+    r = imalinkd("reindex", str(tmp_path / "archive"), cfg=cfg)
+    assert r.returncode == 1
+    assert str(manifest) in r.stderr and "truncated or damaged" in r.stderr and "Traceback" not in r.stderr
