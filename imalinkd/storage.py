@@ -157,11 +157,29 @@ class FoundRoot:
     marker: Marker
 
 
-def find_storage_roots(base: str, depth: int = 2, errors: list[str] | None = None) -> list[FoundRoot]:
+def claims_to_be_marker(path: str) -> bool:
+    """Does ``path`` say it is a storage marker (``format`` = ``imalink-storage``), valid or
+    not? A symlink is not followed: a marker must live on the drive."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError:
+        return False
+    try:
+        with os.fdopen(fd, "rb") as f:
+            data = json.loads(f.read(1 << 20))
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and data.get("format") == FORMAT
+
+
+def find_storage_roots(base: str, depth: int = 2, errors: list[str] | None = None,
+                       claimed: list[str] | None = None) -> list[FoundRoot]:
     """Storage roots at ``base`` or up to ``depth`` directory levels below it.
 
     Symlinks are not followed and no other file system is entered (a mount below ``base``
-    is examined on its own). Invalid markers are reported in ``errors``, not raised."""
+    is examined on its own). Invalid markers are reported in ``errors``, not raised; the
+    directories whose invalid marker still claims the format go into ``claimed`` (a
+    damaged archive is still an archive, to be reindexed and reported)."""
     found: list[FoundRoot] = []
     try:
         base_dev = os.lstat(base).st_dev
@@ -174,6 +192,9 @@ def find_storage_roots(base: str, depth: int = 2, errors: list[str] | None = Non
         except MarkerError as e:
             if errors is not None:
                 errors.append(str(e))
+            if claimed is not None and claims_to_be_marker(os.path.join(path, MARKER)):
+                claimed.append(path)
+                return
             marker = None
         if marker is not None:
             found.append(FoundRoot(path, marker))

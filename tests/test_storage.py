@@ -141,3 +141,15 @@ def test_writability_probes_of_parallel_imports_do_not_collide(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda _: storage.check_writable(str(tmp_path)), range(64)))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_damaged_marker_that_claims_the_format_is_reported_not_lost(tmp_path):
+    (tmp_path / "damaged").mkdir()
+    (tmp_path / "damaged" / "config.json").write_text('{"format": "imalink-storage", "storage_id": "not-a-uuid"}')
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "config.json").write_text('{"format": "some-other-app"}')
+    errors: list[str] = []
+    claimed: list[str] = []
+    assert storage.find_storage_roots(str(tmp_path), 2, errors, claimed) == []
+    assert claimed == [str(tmp_path / "damaged")]
+    assert len(errors) == 2 and any("not a UUID" in e for e in errors)

@@ -8,7 +8,6 @@ for FUSE mounts, whose mountinfo source is the block device itself (``/dev/loop3
 
 from __future__ import annotations
 
-import json
 import os
 import stat
 import subprocess
@@ -17,10 +16,9 @@ from pathlib import Path
 
 import structlog
 
-log = structlog.get_logger()
+from imalinkd import storage
 
-MARKER_NAME = "config.json"
-MARKER_FORMAT = "imalink-storage"
+log = structlog.get_logger()
 
 
 @dataclass(frozen=True)
@@ -95,53 +93,10 @@ def is_camera_card(mount_point: Path) -> bool:
     return has_dcim(mount_point)
 
 
-def is_storage_marker(path: Path) -> bool:
-    """Whether ``path`` is a regular file holding a storage marker (``format`` =
-    ``imalink-storage``). A symlink is not followed: a marker must live on the drive."""
-    try:
-        st = os.lstat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > 1 << 20:
-            return False
-        with open(path, "rb") as f:
-            data = json.load(f)
-    except (OSError, ValueError):
-        return False
-    return isinstance(data, dict) and data.get("format") == MARKER_FORMAT
-
-
 def find_storage_roots(mount_point: Path, depth: int) -> tuple[Path, ...]:
-    """Storage roots at ``mount_point`` or up to ``depth`` directory levels below it.
-
-    The walk stays on the mount's own filesystem and never follows symlinks, so a huge or
-    hostile tree costs at most ``depth`` levels of directory listings. A storage root is
-    not searched further (sessions do not hold other archives).
-    """
-    try:
-        dev = os.lstat(mount_point).st_dev
-    except OSError:
-        return ()
-    found: list[Path] = []
-    level = [mount_point]
-    for d in range(depth + 1):
-        below: list[Path] = []
-        for directory in level:
-            if is_storage_marker(directory / MARKER_NAME):
-                found.append(directory)
-                continue
-            if d == depth:
-                continue
-            try:
-                with os.scandir(directory) as it:
-                    for entry in it:
-                        if entry.name.startswith(".") or not entry.is_dir(follow_symlinks=False):
-                            continue
-                        try:
-                            if entry.stat(follow_symlinks=False).st_dev != dev:
-                                continue
-                        except OSError:
-                            continue
-                        below.append(Path(entry.path))
-            except OSError:
-                continue
-        level = sorted(below)
-    return tuple(found)
+    """Storage roots at ``mount_point`` or up to ``depth`` directory levels below it,
+    including ones whose marker is damaged (reindex then reports them by name). The walk
+    stays on the mount's own filesystem and never follows symlinks."""
+    claimed: list[str] = []
+    found = [f.path for f in storage.find_storage_roots(str(mount_point), depth, claimed=claimed)]
+    return tuple(sorted((Path(p) for p in found + claimed), key=lambda p: p.parts))
