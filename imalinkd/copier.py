@@ -151,6 +151,7 @@ class CopyStage:
         self._last_report = 0.0
         self.copied_now = 0
         self.fatal: str | None = None
+        self.photos: int | None = None  # Photos of the session, once post-processing built them
         self._pending_images: list[FileEntry] = []
         self._pending_skips: list[SkippedEntry] = []
 
@@ -390,7 +391,7 @@ class CopyStage:
         if self.fatal is None and self.thumbnails:
             self.progress.phase = "post_processing"
             self._report(force=True)
-        post.finish(self.thumbnails and self.fatal is None)
+        self.photos = post.finish(self.thumbnails and self.fatal is None)
 
     def _record(self, result: Copied | NotCopied, post: PostProcessor) -> None:
         """Take one result into the manifest and the pending catalog rows (main thread)."""

@@ -291,7 +291,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             run.fatal = run.fatal or f"internal error: {e.__class__.__name__}: {e}"
             log.exception("import_crashed", session_id=manifest.import_session_id)
         status = "failed" if run.fatal else "completed"
-        photos = build_photos(catalog, row_id)
+        photos = run.photos if run.photos is not None else build_photos(catalog, row_id)
         now = storage.utcnow()
         manifest.copy_status = status
         manifest.photos_created = photos

@@ -49,8 +49,9 @@ class PostProcessor:
             key = photo_key(entry.files_relative)
             self.early.append((key, self.pool.submit(_thumbnail, path, self.session_dir, key, self.thumbnail_size)))
 
-    def finish(self, thumbnails: bool) -> None:
-        """Collect metadata into the manifest and catalog, then the remaining thumbnails."""
+    def finish(self, thumbnails: bool) -> int:
+        """Collect metadata into the manifest and catalog, build the Photos from it, then
+        make the remaining thumbnails. Returns the number of Photos."""
         by_path: dict[str, dict] = {}
         for entry, fut in self.futures:
             try:
@@ -76,9 +77,11 @@ class PostProcessor:
                 rel = None
             if rel:
                 done[key] = rel
+        photos = build_photos(self.catalog, self.row_id)
         if thumbnails:
             make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool, done=done)
         self.pool.shutdown(wait=True)
+        return photos
 
 
 def _lower_priority() -> None:
@@ -143,8 +146,7 @@ def build_photos(catalog: Catalog, row_id: int) -> int:
 def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None,
                     done: dict[str, str] | None = None) -> int:
     """A JPEG per Photo under ``thumbnails/`` (``done``: photo keys that have one already);
-    returns how many Photos have a thumbnail."""
-    build_photos(catalog, row_id)
+    returns how many Photos have a thumbnail. The Photos must be built (``build_photos``)."""
     done = done or {}
     with catalog.session() as s:
         photos = [(p.id, p.key, [m.storage_relative_path for m in p.images]) for p in s.scalars(select(Photo).where(Photo.session_id == row_id))]
