@@ -61,10 +61,12 @@ def build(root: str, sessions: int, files: int) -> int:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             with open(path, "wb") as f:
                 f.write(data)
+            # each file copied and shot a second or two after the one before, as on a real card
             entries.append(mf.FileEntry(rel, "files/" + rel, len(data), hashlib.sha256(data).hexdigest(),
-                                        storage.iso(when), media={"camera_make": "Canon", "camera_model": "EOS R5",
-                                                                  "taken_at": "2026-01-01T10:00:00", "width": 8192,
-                                                                  "height": 5464}))
+                                        storage.iso(when + timedelta(seconds=j)), media={
+                                            "camera_make": "Canon", "camera_model": "EOS R5",
+                                            "taken_at": storage.iso(when + timedelta(seconds=j // 2))[:19],
+                                            "width": 8192, "height": 5464}))
             n += 1
         m = mf.SessionManifest(sid, marker.storage_id, storage.iso(when) or "", "/media/card", f"card{i}",
                                {"kind": "card", "label": f"CARD{i}"}, "completed", storage.iso(when),

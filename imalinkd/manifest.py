@@ -17,6 +17,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from imalinkd import durable, paths
 from imalinkd.errors import ManifestError
 
@@ -27,7 +29,7 @@ STATUSES = ("not_started", "in_progress", "completed", "failed")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
 
-@dataclass
+@dataclass(slots=True)
 class FileEntry:
     original_path: str  # relative to the source
     storage_path: str  # relative to the session directory: "files/…"
@@ -57,7 +59,7 @@ class FileEntry:
         return d
 
 
-@dataclass
+@dataclass(slots=True)
 class SkippedEntry:
     original_path: str
     reason: str
@@ -156,11 +158,22 @@ def read_manifest(session_dir: str | os.PathLike[str]) -> SessionManifest:
         raw = f.read(MAX_MANIFEST_BYTES + 1)
     if len(raw) > MAX_MANIFEST_BYTES:
         raise _fail(path, "larger than any real manifest")
+    return parse_manifest(decode_json(raw, path), path)
+
+
+def decode_json(raw: bytes, path: str = FILENAME) -> Any:
+    """``raw`` decoded as JSON: by orjson, several times faster than the standard library
+    on a large manifest, and by the standard library for what orjson refuses but a manifest
+    written by Python's ``json`` may hold (``NaN``, integers beyond 64 bits), which also
+    gives the message for what is not JSON at all. Raises ManifestError naming ``path``."""
     try:
-        data = json.loads(raw)
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        pass
+    try:
+        return json.loads(raw)
     except (ValueError, UnicodeDecodeError) as e:
         raise _fail(path, f"not valid JSON ({e.__class__.__name__}: {e}); truncated or damaged") from None
-    return parse_manifest(data, path)
 
 
 def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from sqlalchemy import select
 
-from imalinkd.catalog import Catalog, Image, ImportSession, Photo
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, media_json
 from imalinkd.media import extract_media, kind_of
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
 from imalinkd.manifest import FileEntry
@@ -66,7 +66,7 @@ class PostProcessor:
                 for img in s.scalars(select(Image).where(Image.session_id == self.row_id)):
                     got = by_path.get(img.storage_relative_path)
                     if got is not None:
-                        img.media_json = json.dumps(got["media"]) if got["media"] else None
+                        img.media_json = media_json(got["media"])
                         img.media_error = got["error"]
         done: dict[str, str] = {}
         for key, fut in self.early:

@@ -17,7 +17,31 @@ SIDECAR_EXTENSIONS = {".xmp", ".thm", ".pp3", ".dop", ".aae"}
 def photo_key(rel: str) -> str:
     """Files of one shot share a directory and a stem: ``DCIM/100/IMG_1.CR3``,
     ``IMG_1.JPG`` and ``IMG_1.XMP`` (or ``IMG_1.CR3.xmp``) are one Photo. Stems compare
-    case-insensitively, as on the FAT cards they come from."""
+    case-insensitively, as on the FAT cards they come from.
+
+    Extensions as ``os.path.splitext`` sees them (a name's leading dots are not one). A
+    reindex computes this for every file of an archive, hence ``rpartition`` rather than
+    ``os.path``; a path with an empty component is left to ``os.path``."""
+    if "//" in rel or rel.startswith("/") or rel.endswith("/"):
+        return _photo_key_general(rel)
+    directory, _, name = rel.rpartition("/")
+    stem, ext = _splitext(name)
+    if ext.lower() in SIDECAR_EXTENSIONS:
+        inner_stem, inner_ext = _splitext(stem)
+        if inner_ext:
+            stem = inner_stem
+    return f"{directory}/{stem.lower()}" if directory else stem.lower()
+
+
+def _splitext(name: str) -> tuple[str, str]:
+    """``os.path.splitext`` of a name without slashes."""
+    i = name.rfind(".")
+    if i > 0 and name[:i].lstrip("."):
+        return name[:i], name[i:]
+    return name, ""
+
+
+def _photo_key_general(rel: str) -> str:
     directory, name = os.path.split(rel)
     stem, ext = os.path.splitext(name)
     if ext.lower() in SIDECAR_EXTENSIONS:

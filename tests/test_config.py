@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given, strategies as st
 
 from imalinkd.config import Config, load_config, parse_config
 from imalinkd.errors import ConfigError
@@ -72,3 +73,12 @@ def test_photo_grouping_by_directory_and_stem():
     groups = group_photos(rels)
     assert len(groups) == 3
     assert sorted(groups[photo_key("DCIM/100/IMG_1.CR3")]) == sorted(rels[:4])
+
+
+@given(st.lists(st.sampled_from(["DCIM", "100", ".", "..", "", "IMG_1", ".hidden", "a.b", "x.", "IMG_1.CR3", "IMG_1.xmp",
+                                 "img.JPG.XMP", "...", ".xmp", "a..xmp", "É.jpg"]), min_size=1, max_size=4))
+def test_photo_key_splits_names_as_os_path_does(parts):
+    from imalinkd.plan import _photo_key_general
+
+    rel = "/".join(parts)
+    assert photo_key(rel) == _photo_key_general(rel)

@@ -141,7 +141,7 @@ def test_plan_adds_a_session_the_catalog_lacks_with_images_photos_and_counts():
     assert new.session["copy_status"] == "completed" and new.session["photos_created"] == 2
     assert len(new.photos) == 2 and {p["key"] for p in new.photos} == {"DCIM/img_1", "DCIM/img_2"}
     assert next(p for p in new.photos if p["key"] == "DCIM/img_1")["camera_model"] == "R5"
-    assert [row["size_mismatch"] for _, row in new.images] == [False, False, False]
+    assert [row["size_mismatch"] for _, row in new.image_rows()] == [False, False, False]
     assert new.copy == {"storage_id": ROOT_A, "storage_directory_name": "20261124_import_trip_aaaaaaaa", "missing": False}
 
 

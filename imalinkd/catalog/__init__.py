@@ -12,11 +12,11 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
+from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
 from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError
 
 __all__ = [
-    "Base", "Catalog", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot",
+    "Base", "Catalog", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"

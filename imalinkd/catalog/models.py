@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 from datetime import datetime
 
+import orjson
 from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
@@ -45,6 +46,13 @@ class UTCDateTime(TypeDecorator):
         from datetime import timezone
 
         return None if value is None else value.replace(tzinfo=timezone.utc)
+
+
+def media_json(media: dict | None) -> str | None:
+    """The text of ``Image.media_json`` for a file's ``media`` object (None when it has
+    none): compact JSON with sorted keys, the same for the importer and a reindex. A float
+    that JSON cannot hold (NaN, infinity) becomes null."""
+    return orjson.dumps(media, option=orjson.OPT_SORT_KEYS).decode() if media else None
 
 
 class Base(DeclarativeBase):
