@@ -95,7 +95,8 @@ def snapshot(catalog):
             (r.storage_uuid, r.storage_directory_name, r.total_files, r.total_size_bytes, r.photos_created, r.copy_status)
             for r in s.scalars(select(ImportSession))
         )
-        images = sorted(s.execute(select(ImportSession.storage_uuid, Image.storage_relative_path, Image.sha256, Image.file_size)
+        images = sorted(s.execute(select(ImportSession.storage_uuid, Image.storage_relative_path, Image.sha256, Image.file_size,
+                                                Image.media_json)
                                   .join(ImportSession, Image.session_id == ImportSession.id)).all())
         photos = sorted(s.execute(select(ImportSession.storage_uuid, Photo.key).join(ImportSession, Photo.session_id == ImportSession.id)).all())
     return sessions, images, photos

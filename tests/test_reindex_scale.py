@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import os
+import threading
+import time
 
 import pytest
 from sqlalchemy import select, text
@@ -123,12 +125,36 @@ def build_mixed_drive(root):
     return marker
 
 
-def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_path):
+@pytest.mark.parametrize("threaded_faster", [False, True])
+def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_path, monkeypatch, threaded_faster):
+    import imalinkd.reindex as reindex
+
     root = tmp_path / "archive"
     marker = build_mixed_drive(root)
     serial = read_drive(str(root), marker, threads=1)
+    # batches of two: of each three, the first is read in this thread and the second in
+    # the threads, each timed; the third goes the way that was faster. Reading is made
+    # slow in one of the two ways.
+    monkeypatch.setattr(reindex, "READ_BATCH", 2)
+    monkeypatch.setattr(reindex, "SAMPLE_EVERY", 3)
+    real_read = reindex._read_session_dir
+    where: dict[str, bool] = {}  # directory → read in a pool thread
+
+    def read(path, known=None):
+        pooled = threading.current_thread() is not threading.main_thread()
+        where[os.path.basename(path)] = pooled
+        if pooled != threaded_faster:
+            time.sleep(0.03)
+        return real_read(path, known)
+
+    monkeypatch.setattr(reindex, "_read_session_dir", read)
     threaded = read_drive(str(root), marker, threads=4)
     assert threaded == serial
+    names = sorted(where)
+    assert len(names) >= 7
+    for n, i in enumerate(range(0, len(names), 2)):
+        expected = n % 3 == 1 or (n % 3 == 2 and threaded_faster)
+        assert [where[name] for name in names[i:i + 2]] == [expected] * len(names[i:i + 2]), (n, where)
     drive, rejected = threaded
     assert len(drive.sessions) == 7 and len(rejected) == 3
     assert any("already read from" in r for _, r in rejected)
@@ -230,3 +256,106 @@ def test_a_failed_bulk_insert_leaves_the_catalog_and_its_indexes_as_they_were(tm
     assert dump(catalog) == before
     monkeypatch.undo()
     assert reindex_path(config, catalog, str(root)).ok
+
+
+# --- manifests decoded, values converted -----------------------------------------------------------
+
+
+def test_a_manifest_with_what_only_pythons_json_writes_is_still_read(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    _, sdir = make_session(root, marker, {"DCIM/A.JPG": b"a"})
+    path = os.path.join(sdir, mf.FILENAME)
+    with open(path) as f:
+        text = f.read()
+    # NaN and an integer beyond 64 bits: json.dumps writes them, orjson refuses them
+    text = text.replace('"width": 6000', '"width": NaN, "serial": 123456789012345678901234567890')
+    with open(path, "w") as f:
+        f.write(text)
+    m = mf.read_manifest(sdir)
+    [e] = m.file_manifest
+    assert e.media["serial"] == 123456789012345678901234567890 and e.media["width"] != e.media["width"]
+    from imalinkd.catalog import media_json
+
+    assert '"serial":123456789012345678901234567890' in media_json(e.media)
+    assert media_json({"width": float("nan")}) == '{"width":null}'  # NaN is not JSON: null in the catalog
+    with open(path, "w") as f:
+        f.write(text[: len(text) // 2])
+    with pytest.raises(ManifestError, match="not valid JSON.*truncated or damaged"):
+        mf.read_manifest(sdir)
+
+
+def test_media_json_is_compact_with_sorted_keys():
+    from imalinkd.catalog import media_json
+
+    assert media_json({"b": 1, "a": {"d": 2.5, "c": "É"}}) == '{"a":{"c":"É","d":2.5},"b":1}'
+    assert media_json(None) is None and media_json({}) is None
+
+
+COPIED_AT = ["2026-11-24T12:00:00Z", "2026-11-24T12:00:00+02:00", "2026-11-24T23:59:59Z", "2026-11-24T12:00:00.250000Z",
+             "2026-11-24T12:00:00", "2026-13-01T00:00:00Z", "2026-02-30T00:00:00Z", "2026-11-24T24:00:00Z", "0000-01-01T00:00:00Z",
+             "garbage", "", None, 17]
+
+
+def test_timestamps_stored_by_dbapi_inserts_are_those_core_inserts_store(tmp_path):
+    import imalinkd.reindex as reindex
+
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    files = {f"DCIM/IMG_{i}.JPG": b"x" * i for i in range(len(COPIED_AT))}
+    _, sdir = make_session(root, marker, files)
+    path = os.path.join(sdir, mf.FILENAME)
+    data = mf.decode_json(open(path, "rb").read())
+    for entry, value in zip(data["file_manifest"], COPIED_AT):
+        entry["copied_at"] = value
+    durable.atomic_write_json(path, data)
+    drive, rejected = read_drive(str(root), marker)
+    assert not rejected
+    stored = []
+    for name, fast in (("core", False), ("dbapi", True)):
+        catalog = Catalog.open(f"sqlite:///{tmp_path}/{name}.db")
+        with catalog.session() as s:
+            apply_plan(s, plan_reindex(drive, load_catalog_state(s, drive)), storage.utcnow(), dbapi_inserts=fast)
+        with catalog.engine.connect() as c:
+            stored.append(c.execute(text("SELECT storage_relative_path, copied_at FROM images ORDER BY id")).all())
+        with catalog.session() as s:  # and each reads back through the ORM
+            assert len(s.scalars(select(Image.copied_at)).all()) == len(COPIED_AT)
+        catalog.close()
+    assert stored[0] == stored[1]
+    by_value = dict(zip(COPIED_AT, (v for _, v in stored[1])))
+    assert by_value["2026-11-24T12:00:00Z"] == "2026-11-24 12:00:00.000000"
+    assert by_value["2026-11-24T12:00:00+02:00"] == "2026-11-24 10:00:00.000000"
+    assert by_value["2026-13-01T00:00:00Z"] is None and by_value["2026-11-24T24:00:00Z"] is None
+    assert reindex._CANONICAL_UTC("2026-11-24T12:00:00Z") is not None
+
+
+def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
+    import gc
+    import threading
+
+    from imalinkd.reindex import gc_paused
+
+    assert gc.isenabled()
+    inside, release = threading.Event(), threading.Event()
+
+    def other():
+        with gc_paused():
+            inside.set()
+            release.wait(10)
+
+    t = threading.Thread(target=other)
+    with gc_paused():
+        assert not gc.isenabled()
+        t.start()
+        inside.wait(10)
+    assert not gc.isenabled()  # the other thread's reindex still runs
+    release.set()
+    t.join()
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()  # not enabled by a reindex when it was off before
+    finally:
+        gc.enable()

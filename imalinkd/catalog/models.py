@@ -4,6 +4,7 @@ directory names and paths relative to a storage root, never an archive's absolut
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import datetime
 
@@ -51,8 +52,14 @@ class UTCDateTime(TypeDecorator):
 def media_json(media: dict | None) -> str | None:
     """The text of ``Image.media_json`` for a file's ``media`` object (None when it has
     none): compact JSON with sorted keys, the same for the importer and a reindex. A float
-    that JSON cannot hold (NaN, infinity) becomes null."""
-    return orjson.dumps(media, option=orjson.OPT_SORT_KEYS).decode() if media else None
+    that JSON cannot hold (NaN, infinity) becomes null. What orjson refuses (an integer
+    beyond 64 bits, a value of another type) is written by the standard library."""
+    if not media:
+        return None
+    try:
+        return orjson.dumps(media, option=orjson.OPT_SORT_KEYS).decode()
+    except TypeError:
+        return json.dumps(media, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
 
 
 class Base(DeclarativeBase):
@@ -148,7 +155,8 @@ class Image(Base):
     __table_args__ = (Index("ix_images_session_path", "session_id", "storage_relative_path"),)
 
     id: Mapped[int] = mapped_column(primary_key=True)
-    session_id: Mapped[int] = mapped_column(ForeignKey("import_sessions.id", ondelete="CASCADE"), index=True)
+    # looked up by session through ix_images_session_path, whose first column it is
+    session_id: Mapped[int] = mapped_column(ForeignKey("import_sessions.id", ondelete="CASCADE"))
     photo_id: Mapped[int | None] = mapped_column(ForeignKey("photos.id", ondelete="SET NULL"), index=True)
     storage_relative_path: Mapped[str] = mapped_column(FsPath)  # relative to the session's files/
     original_import_path: Mapped[str | None] = mapped_column(FsPath)  # relative to the source
