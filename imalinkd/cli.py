@@ -107,10 +107,13 @@ def _say(text: str) -> None:
 
 
 class _ProgressBar:
-    """A rich progress bar on a terminal (files, bytes, MB/s, current file); nothing otherwise."""
+    """A rich progress bar on a terminal, nothing otherwise. ``transfer``: an import's
+    (files, bytes, MB/s, current file); else a count of ``p.unit`` with the bytes when there
+    are any (a reindex: session directories read, files and bytes verified)."""
 
-    def __init__(self, enabled: bool) -> None:
+    def __init__(self, enabled: bool, transfer: bool = True) -> None:
         self.enabled = enabled and sys.stderr.isatty()
+        self.transfer = transfer
         self.bar = None
         self.task = None
         self._lock = threading.Lock()
@@ -120,13 +123,14 @@ class _ProgressBar:
             from rich.console import Console
             from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
+            amounts = (DownloadColumn(), TransferSpeedColumn()) if self.transfer else (TextColumn("{task.fields[amount]}"),)
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+                TextColumn("{task.description}"), BarColumn(), *amounts,
                 TextColumn("{task.fields[files]}"), TimeRemainingColumn(), TextColumn("{task.fields[current]}"),
                 console=Console(stderr=True), transient=False,
             )
             self.bar.__enter__()
-            self.task = self.bar.add_task("scanning", total=None, files="", current="")
+            self.task = self.bar.add_task("scanning" if self.transfer else "reading", total=None, files="", current="", amount="")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -140,8 +144,14 @@ class _ProgressBar:
 
         with self._lock:
             current = display(p.current_file)[-40:] if p.current_file else ""
-            self.bar.update(self.task, description=p.phase.replace("_", " "), total=p.bytes_total or None, completed=p.bytes_done,
-                            files=f"{p.files_done}/{p.files_total} files", current=current)
+            files = f"{p.files_done}/{p.files_total} {getattr(p, 'unit', 'files')}"
+            if self.transfer or p.bytes_total:
+                total, done = p.bytes_total or None, p.bytes_done
+            else:
+                total, done = p.files_total or None, p.files_done
+            amount = f"{human_bytes(p.bytes_done)}/{human_bytes(p.bytes_total)}" if p.bytes_total else ""
+            self.bar.update(self.task, description=p.phase.replace("_", " "), total=total, completed=done,
+                            files=files, current=current, amount=amount)
 
 
 # --- commands ------------------------------------------------------------------------------
@@ -329,10 +339,11 @@ def cmd_reindex(config, args) -> int:
     from imalinkd import reindex
 
     catalog = _catalog(config)
-    if args.path:
-        report = reindex.reindex_path(config, catalog, args.path, verify=args.verify)
-    else:
-        report = reindex.reindex_all(config, catalog, verify=args.verify)
+    with _ProgressBar(not args.json, transfer=False) as bar:
+        if args.path:
+            report = reindex.reindex_path(config, catalog, args.path, verify=args.verify, progress=bar.update)
+        else:
+            report = reindex.reindex_all(config, catalog, verify=args.verify, progress=bar.update)
     data = report.as_json()
     if args.json:
         _print_json(data)

@@ -89,6 +89,27 @@ def gc_paused():
                 gc.enable()
 
 
+@dataclass
+class ReindexProgress:
+    """Live progress of a reindex, handed to the ``progress`` callback (read-only there).
+
+    Phases: ``reading_sessions`` (``done``/``total`` session directories of the root),
+    ``verifying`` with ``--verify`` (files and bytes re-hashed, the file at hand) and
+    ``writing_catalog``. The attribute names are those of an import's progress."""
+
+    phase: str
+    root: str
+    unit: str = "sessions"
+    files_total: int = 0
+    files_done: int = 0
+    bytes_total: int = 0
+    bytes_done: int = 0
+    current_file: str | None = None
+
+
+Progress = Callable[[ReindexProgress], None] | None
+
+
 # --- values read from a drive ----------------------------------------------------------------
 
 
@@ -616,12 +637,17 @@ READ_BATCH = 25
 SAMPLE_EVERY = 8
 
 
-def _read_dirs(dirs: list[str], signatures: list[ManifestSignature | None], threads: int) -> list[SessionRead]:
+def _read_dirs(dirs: list[str], signatures: list[ManifestSignature | None], threads: int,
+               done: Callable[[int], None] = lambda n: None) -> list[SessionRead]:
     """``_read_session_dir`` over ``dirs``, in order: in this thread, or in ``threads``
-    threads when that is measured to be faster (see READ_THREADS)."""
-    if threads <= 1 or len(dirs) <= READ_BATCH:
-        return list(map(_read_session_dir, dirs, signatures))
+    threads when that is measured to be faster (see READ_THREADS). ``done`` is told how
+    many directories are read so far, after each batch."""
     results: list[SessionRead] = []
+    if threads <= 1 or len(dirs) <= READ_BATCH:
+        for i in range(0, len(dirs), READ_BATCH):
+            results += map(_read_session_dir, dirs[i:i + READ_BATCH], signatures[i:i + READ_BATCH])
+            done(len(results))
+        return results
     per_file = {False: 0.0, True: 0.0}  # seconds per file read, by threaded
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="reindex-read") as pool:
         for n, i in enumerate(range(0, len(dirs), READ_BATCH)):
@@ -634,14 +660,17 @@ def _read_dirs(dirs: list[str], signatures: list[ManifestSignature | None], thre
                 files = sum(len(r[1] or ()) + (len(r[0].file_manifest) if r[0] is not None else 0) for r in got)
                 per_file[threaded] = (time.monotonic() - t) / max(files, 1)
             results += got
+            done(len(results))
     return results
 
 
 @gc_paused()
 def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
-               known: Mapping[str, KnownManifest] | None = None) -> tuple[DriveState, list[tuple[str, str]]]:
+               known: Mapping[str, KnownManifest] | None = None,
+               progress: Progress = None) -> tuple[DriveState, list[tuple[str, str]]]:
     """Read every session directory of the root at ``root``. Returns the drive's state and
-    the rejected items ``(path, reason)``. Nothing outside ``root`` is read.
+    the rejected items ``(path, reason)``. Nothing outside ``root`` is read. ``progress``
+    is told how many session directories are read, as they are.
 
     ``known`` maps directory names to what the catalog recorded of their manifests: a
     manifest whose signature is still that one is not read again (its session is the
@@ -678,7 +707,14 @@ def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
     dirs = [it.path for it in items if isinstance(it, os.DirEntry)]
     signatures = [known[it.name].signature if it.name in known else None
                   for it in items if isinstance(it, os.DirEntry)]
-    results = iter(_read_dirs(dirs, signatures, threads))
+    report = ReindexProgress("reading_sessions", root, files_total=len(dirs))
+
+    def done(n: int) -> None:
+        if progress is not None:
+            report.files_done = n
+            progress(report)
+
+    results = iter(_read_dirs(dirs, signatures, threads, done))
     for item in items:
         if not isinstance(item, os.DirEntry):
             rejected.append(item)
@@ -1049,26 +1085,40 @@ def _upsert_root(s, path: str, marker: storage.Marker, health: Mapping[str, Any]
 # --- entry points -----------------------------------------------------------------------------
 
 
-def _verify_drive(root: str, drive: DriveState) -> tuple[int, list[tuple[str, str]]]:
+def _verify_drive(root: str, drive: DriveState, progress: Progress = None) -> tuple[int, list[tuple[str, str]]]:
     """Re-hash every file the manifests list, from disk (not the page cache)."""
     checked, damaged = 0, []
-    for ds in drive.sessions:
-        if not ds.manifest.copy_files:
-            continue
-        for e in ds.manifest.file_manifest:
-            path = os.path.join(root, ds.dir_name, e.storage_path)
-            if ds.on_disk.get(e.files_relative) is None:
-                damaged.append((path, "missing"))
-                continue
-            try:
-                digest, size = durable.hash_from_disk(path)
-            except OSError as err:
-                damaged.append((path, f"cannot be read: {err.strerror or err}"))
-                continue
-            checked += 1
-            if size != e.file_size or digest != e.sha256:
-                damaged.append((path, f"sha256 {digest[:12]}… size {size}, manifest says {e.sha256[:12]}… size {e.file_size}"))
+    listed = [(ds, e) for ds in drive.sessions if ds.manifest.copy_files for e in ds.manifest.file_manifest]
+    report = ReindexProgress("verifying", root, "files", len(listed), 0, sum(e.file_size for _, e in listed))
+    for ds, e in listed:
+        if progress is not None:
+            report.current_file = os.path.join(ds.dir_name, e.storage_path)
+            progress(report)
+        hashed, problem = _verify_file(os.path.join(root, ds.dir_name, e.storage_path), e,
+                                       ds.on_disk.get(e.files_relative) is not None)
+        checked += hashed
+        if problem is not None:
+            damaged.append(problem)
+        report.files_done += 1
+        report.bytes_done += e.file_size
+    if progress is not None:
+        report.current_file = None
+        progress(report)
     return checked, damaged
+
+
+def _verify_file(path: str, e: mf.FileEntry, present: bool) -> tuple[bool, tuple[str, str] | None]:
+    """Re-hash one file from disk: whether it was hashed, and the damage found as
+    ``(path, reason)`` or None."""
+    if not present:
+        return False, (path, "missing")
+    try:
+        digest, size = durable.hash_from_disk(path)
+    except OSError as err:
+        return False, (path, f"cannot be read: {err.strerror or err}")
+    if size != e.file_size or digest != e.sha256:
+        return True, (path, f"sha256 {digest[:12]}… size {size}, manifest says {e.sha256[:12]}… size {e.file_size}")
+    return True, None
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -1116,7 +1166,8 @@ def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState
 
 
 @gc_paused()
-def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool = False) -> ReindexReport:
+def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool = False,
+               progress: Progress = None) -> ReindexReport:
     """Reconcile one storage root (already found and its marker valid) with the catalog.
 
     The manifests the catalog read before and that are unchanged since (same size, mtime
@@ -1127,12 +1178,14 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
     if not verify:
         with catalog.session() as s:
             known = load_known_manifests(s, found.marker.storage_id)
-    drive, rejected = read_drive(found.path, found.marker, known=known)
+    drive, rejected = read_drive(found.path, found.marker, known=known, progress=progress)
     report.rejected += rejected
     rr = RootReport(found.path, found.marker.storage_id, found.marker.label, sessions_on_drive=len(drive.sessions))
     if verify:
-        rr.verified_files, report.damaged = _verify_drive(found.path, drive)
+        rr.verified_files, report.damaged = _verify_drive(found.path, drive, progress)
     rr.health = root_health(config, found.path)
+    if progress is not None:
+        progress(ReindexProgress("writing_catalog", found.path, files_total=len(drive.sessions), files_done=len(drive.sessions)))
     for attempt in range(3):
         try:
             with catalog.session() as s:
@@ -1167,7 +1220,7 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
     return report
 
 
-def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verify: bool) -> ReindexReport:
+def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verify: bool, progress: Progress = None) -> ReindexReport:
     report = ReindexReport()
     by_id: dict[str, list[storage.FoundRoot]] = defaultdict(list)
     seen: set[tuple[int, int]] = set()
@@ -1193,13 +1246,14 @@ def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verif
             report.rejected.append((os.path.join(f.path, storage.MARKER),
                                     f"storage_id {sid} is already the archive at {other}, which is reachable too; not indexed"))
             continue
-        report.merge(index_root(config, catalog, f, verify))
+        report.merge(index_root(config, catalog, f, verify, progress))
     return report
 
 
-def reindex_path(config, catalog: Catalog, path: str, verify: bool = False) -> ReindexReport:
+def reindex_path(config, catalog: Catalog, path: str, verify: bool = False, progress: Progress = None) -> ReindexReport:
     """Find the storage roots at ``path`` or up to ``[storage] search_depth`` below it and
     reconcile each with the catalog. ``verify`` also re-hashes every file (slow).
+    ``progress`` is called with a :class:`ReindexProgress` as each root is read.
 
     Hostile or damaged items are in ``report.rejected`` by name; the rest is indexed. A
     ``path`` holding no storage root is itself reported as rejected."""
@@ -1209,12 +1263,12 @@ def reindex_path(config, catalog: Catalog, path: str, verify: bool = False) -> R
     report = ReindexReport(rejected=list(bad_markers))
     if not found and not bad_markers:
         report.rejected.append((path, f"no storage root here: no {storage.MARKER} marker at it or up to {config.storage.search_depth} levels below"))
-    report.merge(_index_found(config, catalog, found, verify))
+    report.merge(_index_found(config, catalog, found, verify, progress))
     report.seconds = time.monotonic() - t0
     return report
 
 
-def reindex_all(config, catalog: Catalog, verify: bool = False) -> ReindexReport:
+def reindex_all(config, catalog: Catalog, verify: bool = False, progress: Progress = None) -> ReindexReport:
     """Reindex every reachable storage root: the configured root, the catalog's last-seen
     paths and every mounted file system."""
     t0 = time.monotonic()
@@ -1238,6 +1292,6 @@ def reindex_all(config, catalog: Catalog, verify: bool = False) -> ReindexReport
         found += f
         rejected += bad
     report = ReindexReport(rejected=sorted(set(rejected)))
-    report.merge(_index_found(config, catalog, found, verify))
+    report.merge(_index_found(config, catalog, found, verify, progress))
     report.seconds = time.monotonic() - t0
     return report

@@ -241,6 +241,16 @@ def test_progress_bar_on_a_terminal_and_none_otherwise(tmp_path, cfg):
     assert "━" not in json_on_tty and json_on_tty.lstrip().startswith("{")
 
 
+def test_reindex_shows_progress_on_a_terminal_only(tmp_path, cfg):
+    card = make_card(tmp_path / "card", shots=2)
+    assert imalinkd("import", str(card.root), cfg=cfg).returncode == 0
+    shown = _run_on_a_terminal(["--config", str(cfg), "reindex", str(tmp_path / "archive"), "--verify"])
+    # the last frame is drawn when the bar stops: the last phase, its count
+    assert "writing catalog" in shown and "1/1 sessions" in shown and "━" in shown and "1 sessions on the drive" in shown
+    r = imalinkd("reindex", str(tmp_path / "archive"), "--verify", cfg=cfg)
+    assert r.returncode == 0 and "━" not in r.stderr and "verifying" not in r.stderr
+
+
 def test_reindex_names_a_damaged_manifest_and_exits_1(tmp_path, cfg):
     card = make_card(tmp_path / "card", shots=2)
     out = json.loads(imalinkd("import", str(card.root), "--json", cfg=cfg).stdout)

@@ -267,6 +267,25 @@ def test_verify_rehashes_and_names_damaged_files(tmp_path):
         assert s.scalar(select(StorageRoot.last_verified_at)) is not None
 
 
+def test_progress_counts_sessions_read_then_files_and_bytes_verified(tmp_path):
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    for i in range(3):
+        make_session(root, marker, {f"DCIM/IMG_{i}.JPG": b"x" * (i + 1), "DCIM/B.CR3": b"raw"}, description=f"s{i}")
+    config = config_for(tmp_path, root)
+    catalog = Catalog.open(config)
+    seen = []
+    report = reindex_path(config, catalog, str(root), verify=True,
+                          progress=lambda p: seen.append((p.phase, p.files_done, p.files_total, p.bytes_done, p.bytes_total)))
+    assert report.ok and report.roots[0].verified_files == 6
+    reading = [x for x in seen if x[0] == "reading_sessions"]
+    verifying = [x for x in seen if x[0] == "verifying"]
+    assert reading[-1][1:3] == (3, 3)
+    assert [x[1] for x in verifying] == [0, 1, 2, 3, 4, 5, 6] and verifying[-1][3] == verifying[-1][4] == 3 * 3 + 6
+    assert seen[-1][0] == "writing_catalog"
+    assert [x[0] for x in seen] == sorted((x[0] for x in seen), key=["reading_sessions", "verifying", "writing_catalog"].index)
+
+
 def test_removed_session_directory_is_marked_missing_not_deleted(tmp_path):
     import shutil
 
