@@ -19,15 +19,18 @@ def photo_key(rel: str) -> str:
     ``IMG_1.JPG`` and ``IMG_1.XMP`` (or ``IMG_1.CR3.xmp``) are one Photo. Stems compare
     case-insensitively, as on the FAT cards they come from.
 
-    Extensions as ``os.path.splitext`` sees them (a name's leading dots are not one). A
-    reindex computes this for every file of an archive, hence ``rpartition`` rather than
-    ``os.path``; a path with an empty component is left to ``os.path``."""
+    Directories and extensions as ``os.path`` sees them (a name's leading dots are not an
+    extension). A reindex computes this for every file of an archive, hence ``rpartition``
+    rather than ``os.path`` for the usual path, with no empty component."""
     if "//" in rel or rel.startswith("/") or rel.endswith("/"):
-        return _photo_key_general(rel)
-    directory, _, name = rel.rpartition("/")
-    stem, ext = _splitext(name)
+        directory, name = os.path.split(rel)
+        split = os.path.splitext
+    else:
+        directory, _, name = rel.rpartition("/")
+        split = _splitext
+    stem, ext = split(name)
     if ext.lower() in SIDECAR_EXTENSIONS:
-        inner_stem, inner_ext = _splitext(stem)
+        inner_stem, inner_ext = split(stem)
         if inner_ext:
             stem = inner_stem
     return f"{directory}/{stem.lower()}" if directory else stem.lower()
@@ -39,16 +42,6 @@ def _splitext(name: str) -> tuple[str, str]:
     if i > 0 and name[:i].lstrip("."):
         return name[:i], name[i:]
     return name, ""
-
-
-def _photo_key_general(rel: str) -> str:
-    directory, name = os.path.split(rel)
-    stem, ext = os.path.splitext(name)
-    if ext.lower() in SIDECAR_EXTENSIONS:
-        inner_stem, inner_ext = os.path.splitext(stem)
-        if inner_ext:
-            stem = inner_stem
-    return f"{directory}/{stem.lower()}" if directory else stem.lower()
 
 
 def group_photos(rels: Iterable[str]) -> dict[str, list[str]]:

@@ -78,7 +78,11 @@ def test_photo_grouping_by_directory_and_stem():
 @given(st.lists(st.sampled_from(["DCIM", "100", ".", "..", "", "IMG_1", ".hidden", "a.b", "x.", "IMG_1.CR3", "IMG_1.xmp",
                                  "img.JPG.XMP", "...", ".xmp", "a..xmp", "É.jpg"]), min_size=1, max_size=4))
 def test_photo_key_splits_names_as_os_path_does(parts):
-    from imalinkd.plan import _photo_key_general
+    from imalinkd.plan import SIDECAR_EXTENSIONS
 
     rel = "/".join(parts)
-    assert photo_key(rel) == _photo_key_general(rel)
+    directory, name = os.path.split(rel)
+    stem, ext = os.path.splitext(name)
+    if ext.lower() in SIDECAR_EXTENSIONS and os.path.splitext(stem)[1]:
+        stem = os.path.splitext(stem)[0]
+    assert photo_key(rel) == (f"{directory}/{stem.lower()}" if directory else stem.lower())
