@@ -18,6 +18,7 @@ import os
 import socket
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
@@ -29,6 +30,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile, find_se
 from imalinkd.config import Config
 from imalinkd.copier import CopyStage, Progress, ProgressCallback
 from imalinkd.errors import (
+    CatalogError,
     ImalinkError,
     SessionBusyError,
     SessionStateError,
@@ -258,7 +260,7 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
         write_manifest(session_dir, manifest)
     except OSError as e:
         raise StorageError(path=session_dir, message=f"cannot create the session directory: {e.strerror}") from None
-    with catalog.session() as s:
+    with _catalog_failure_explained(catalog, sid, session_dir), catalog.session() as s:
         row = ImportSession(
             storage_uuid=sid, storage_id=marker.storage_id, storage_directory_name=dirname, description=description,
             created_at=started, copy_status="in_progress", copy_started_at=started, original_source_path=source,
@@ -287,11 +289,19 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
     try:
         try:
             run.run(to_copy, known)
+        except ImalinkError as e:  # the catalog failing under a checkpoint, say
+            run.fatal = run.fatal or str(e)
+            log.error("import_failed", session_id=manifest.import_session_id, error=str(e))
         except Exception as e:  # an unexpected bug still leaves a consistent, resumable session
             run.fatal = run.fatal or f"internal error: {e.__class__.__name__}: {e}"
             log.exception("import_crashed", session_id=manifest.import_session_id)
         status = "failed" if run.fatal else "completed"
-        photos = run.photos if run.photos is not None else build_photos(catalog, row_id)
+        photos = run.photos
+        if photos is None:
+            try:
+                photos = build_photos(catalog, row_id)
+            except ImalinkError as e:  # the catalog failing: the manifest below still says where things stand
+                status, run.fatal, photos = "failed", run.fatal or str(e), 0
         now = storage.utcnow()
         manifest.copy_status = status
         manifest.photos_created = photos
@@ -305,7 +315,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             if status == "completed":
                 status = "failed"
                 run.fatal = f"metadata.json could not be written: {e.strerror}"
-        with catalog.session() as s:
+        with _catalog_failure_explained(catalog, manifest.import_session_id, session_dir), catalog.session() as s:
             row = s.get(ImportSession, row_id)
             row.copy_status = status
             row.error = run.fatal
@@ -327,6 +337,20 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
     else:
         result.message = f"{result.error}. The session is resumable: 'imalinkd resume {result.session_uuid[:8]}' once the cause is fixed"
     return result
+
+
+@contextmanager
+def _catalog_failure_explained(catalog: Catalog, sid: str, session_dir: str):
+    """A catalog that cannot be written (its disk full, say) while the session directory
+    is on the drive: say where the import stands and how to finish it. The manifest is the
+    truth, so nothing is lost: a reindex takes the session from it, and resume completes it."""
+    try:
+        yield
+    except CatalogError as e:
+        raise CatalogError(url=catalog.url, message=f"{e.fields.get('message')}. The session {sid[:8]} is on the drive at "
+                                                    f"{session_dir}, its manifest up to date; once the catalog can be written, "
+                                                    f"'imalinkd reindex' takes it from the drive and 'imalinkd resume {sid[:8]}' "
+                                                    f"finishes it") from e
 
 
 def _result_of(row: ImportSession, session_dir: str | None, skipped: list[SkippedEntry], new_files: int) -> ImportResult:

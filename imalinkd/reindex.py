@@ -21,6 +21,7 @@ from __future__ import annotations
 import gc
 import os
 import re
+import sqlite3
 import stat
 import sys
 import threading
@@ -1196,7 +1197,7 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
                 apply_plan(s, plan, now)
                 _upsert_root(s, found.path, found.marker, rr.health, now, verify)
             break
-        except IntegrityError:
+        except (IntegrityError, sqlite3.IntegrityError):
             # another process added the same session meanwhile: plan again against it
             if attempt == 2:
                 raise

@@ -227,3 +227,118 @@ def test_an_exfat_archive_keeps_names_that_differ_only_in_case(tmp_path):
         files = Path(result.storage_path) / "files" / "DCIM" / "100"
         assert sorted(p.read_bytes() for p in files.iterdir()) == sorted(contents)
         assert verify_sessions(cfg, [result.session_uuid]).ok
+
+
+def _fill(directory: Path) -> Path:
+    """Fill the file system of ``directory`` to the last block."""
+    filler = directory / "filler.bin"
+    with open(filler, "wb", buffering=0) as f:
+        for chunk in (1 << 20, 1 << 12, 1):
+            try:
+                while True:
+                    f.write(b"\0" * chunk)
+            except OSError as e:
+                assert e.errno == errno.ENOSPC
+    return filler
+
+
+def _catalog_disk(tmp_path: Path):
+    """An 8 MiB ext4 image for a catalog, with 4 KiB blocks as on any real disk: on the 1 KiB
+    blocks mkfs gives so small a file system, SQLite's shared-memory file, which it
+    allocates by writing the last byte of each 4 KiB page, keeps holes that a full disk
+    cannot fill, and touching them through its mapping kills the process (SIGBUS)."""
+    image = tmp_path / "catdisk.img"
+    with open(image, "wb") as f:
+        f.truncate(8 * 1024 * 1024)
+    run("mkfs.ext4", "-q", "-F", "-b", "4096", "-m", "0", str(image))
+    return ext4_image(tmp_path / "catdisk", image=image)
+
+
+def _catalog_on_full_disk(tmp_path: Path, archive: Path):
+    """A config whose catalog is on a file system then filled, and the catalog, open: its
+    connection keeps SQLite's shared-memory file, so the others open it and fail only when
+    they write."""
+    from imalinkd.catalog import Catalog
+
+    mnt = tmp_path / "catdisk"
+    cfg = parse_config({
+        "catalog": {"url": f"sqlite:///{mnt / 'catalog.db'}"},
+        "storage": {"root": str(archive)},
+        "import": {"thumbnails": False, "checkpoint_seconds": 0.0},
+    })
+    catalog = Catalog.open(cfg)
+    with catalog.engine.connect() as c:
+        c.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)")
+    return cfg, _fill(mnt), catalog
+
+
+def test_a_catalog_disk_full_before_an_import_refuses_it_clearly(tmp_path):
+    require_root()
+    from imalinkd.errors import CatalogError
+
+    card = make_card(tmp_path / "card", shots=2)
+    with _catalog_disk(tmp_path):
+        cfg, filler, catalog = _catalog_on_full_disk(tmp_path, tmp_path / "archive")
+        with pytest.raises(CatalogError, match=r"database or disk is full \(its file system is full: 0 B free\); "
+                                               r"this change was not recorded"):
+            import_source(cfg, card.root)
+        assert not [p for p in (tmp_path / "archive").iterdir() if p.is_dir()]  # no session begun
+        filler.unlink()
+        assert import_source(cfg, card.root).copy_status == "completed"
+        catalog.close()
+
+
+def test_a_catalog_disk_filling_during_an_import_leaves_it_on_the_drive_resumable(tmp_path):
+    require_root()
+    from imalinkd.catalog import Catalog
+    from imalinkd.errors import CatalogError
+    from imalinkd.reindex import reindex_path
+
+    card = make_card(tmp_path / "card", shots=4)
+    with _catalog_disk(tmp_path):
+        cfg = config_for(tmp_path, tmp_path / "archive")
+        cfg = parse_config({"catalog": {"url": f"sqlite:///{tmp_path / 'catdisk' / 'catalog.db'}"},
+                            "storage": {"root": str(tmp_path / "archive")},
+                            "import": {"thumbnails": False, "checkpoint_seconds": 0.0}})
+        fillers = []
+
+        def fill_after_two_files(p):
+            if p.files_done >= 2 and not fillers:
+                fillers.append(_fill(tmp_path / "catdisk"))
+
+        with pytest.raises(CatalogError) as failure:
+            import_source(cfg, card.root, progress=fill_after_two_files)
+        message = str(failure.value)
+        assert "database or disk is full" in message and "imalinkd resume" in message
+        [session] = [p for p in (tmp_path / "archive").iterdir() if p.is_dir()]
+        assert session.name in message and (session / "metadata.json").is_file()
+        assert_nothing_wrong_under_final_names(session, card)
+        fillers[0].unlink()
+        catalog = Catalog.open(cfg)
+        assert reindex_path(cfg, catalog, str(tmp_path / "archive")).ok  # the drive tells the catalog
+        catalog.close()
+        done = resume_session(cfg, session.name[-8:], source=str(card.root))
+        assert done.copy_status == "completed"
+        assert tree_hashes(session / "files") == card.files
+
+
+def test_a_full_catalog_disk_fails_a_reindex_clearly_and_records_nothing(tmp_path):
+    require_root()
+    from imalinkd.catalog import Catalog, ImportSession
+    from imalinkd.errors import CatalogError
+    from imalinkd.reindex import reindex_path
+    from sqlalchemy import func, select
+
+    archive = tmp_path / "archive"
+    for i in range(3):
+        assert import_source(config_for(tmp_path / f"other{i}", archive), make_card(tmp_path / f"card{i}", shots=3).root).copy_status == "completed"
+    with _catalog_disk(tmp_path):
+        cfg, filler, catalog = _catalog_on_full_disk(tmp_path, archive)
+        with pytest.raises(CatalogError, match="database or disk is full.*not recorded"):
+            reindex_path(cfg, catalog, str(archive))
+        filler.unlink()
+        with catalog.session() as s:
+            assert s.scalar(select(func.count()).select_from(ImportSession)) == 0
+        report = reindex_path(cfg, catalog, str(archive))
+        assert report.ok and report.roots[0].sessions_added == 3
+        catalog.close()

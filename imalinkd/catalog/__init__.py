@@ -3,17 +3,20 @@ needs. SQLite in WAL mode is the embedded default; any SQLAlchemy URL works."""
 
 from __future__ import annotations
 
+import os
+import shutil
+import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
 
 from sqlalchemy import create_engine, event, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
-from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError
+from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError, human_bytes
 
 __all__ = [
     "Base", "Catalog", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
@@ -106,23 +109,52 @@ class Catalog:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as e:
-            raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: {e.orig if hasattr(e, 'orig') else e}") from None
+            raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: "
+                                                     f"{e.orig if hasattr(e, 'orig') else e}{self._room()}") from None
+
+    def _room(self) -> str:
+        """For a SQLite file whose file system is (nearly) full, a note saying so: SQLite
+        reports a shared-memory file it cannot extend as a mere 'disk I/O error'."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return ""
+        try:
+            free = shutil.disk_usage(os.path.dirname(os.path.abspath(url.database))).free
+        except OSError:
+            return ""
+        return f" (its file system is full: {human_bytes(free)} free)" if free < 16 * 1024 * 1024 else ""
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A unit of work: committed when the block ends, rolled back on an exception."""
+        """A unit of work: committed when the block ends, rolled back on an exception.
+
+        The database failing underneath (its disk full or read-only, an I/O error, a lock
+        held past the busy timeout) is raised as CatalogError saying so, whether it came
+        through SQLAlchemy or straight from the driver (reindex's bulk inserts)."""
         s = self._sessions()
         try:
             yield s
             s.commit()
+        except (OperationalError, sqlite3.OperationalError) as e:
+            _rollback(s)
+            detail = e.orig if isinstance(e, OperationalError) else e
+            raise CatalogError(url=self.url, message=f"cannot read or write it: {detail}{self._room()}; "
+                                                     "this change was not recorded") from e
         except BaseException:
-            s.rollback()
+            _rollback(s)
             raise
         finally:
             s.close()
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+def _rollback(s: Session) -> None:
+    try:
+        s.rollback()
+    except SQLAlchemyError:  # the connection is gone with the failure: nothing to undo
+        pass
 
 
 def find_session(s: Session, ref: str | int) -> ImportSession:
