@@ -35,11 +35,9 @@ import time
 import uuid
 from datetime import datetime, timedelta, timezone
 
-import orjson
-
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from imalinkd import manifest as mf, storage  # noqa: E402
+from imalinkd import durable, manifest as mf, storage  # noqa: E402
 from imalinkd.catalog import Catalog  # noqa: E402
 from imalinkd.config import parse_config  # noqa: E402
 from imalinkd import reindex  # noqa: E402
@@ -75,10 +73,9 @@ def build(root: str, sessions: int, files: int) -> int:
         m = mf.SessionManifest(sid, marker.storage_id, storage.iso(when) or "", "/media/card", f"card{i}",
                                {"kind": "card", "label": f"CARD{i}"}, "completed", storage.iso(when),
                                storage.iso(when), photos_created=(files + 1) // 2, file_manifest=entries)
-        # the bytes the importer writes (durable.atomic_write_json: indented, ASCII), made
-        # faster (orjson gives the same bytes for ASCII text) and without its fsyncs
+        # the bytes the importer writes (durable.atomic_write_json), without its fsyncs
         with open(os.path.join(sdir, mf.FILENAME), "wb") as f:
-            f.write(orjson.dumps(m.as_json(), option=orjson.OPT_INDENT_2) + b"\n")
+            f.write(durable.json_bytes(m.as_json()))
     return n
 
 

@@ -120,3 +120,22 @@ def test_cancel_stops_a_copy(tmp_path):
         durable.copy_to_sinks(fd, [sink], cancel=cancel)
     os.close(fd)
     sink.discard()
+
+
+@pytest.mark.parametrize("obj", [
+    {"a": [1, 2.5, None, True, {"b": "text"}], "empty": [], "none": {}},
+    {"name": "Ålesund"},  # non-ASCII: escaped
+    {"raw": "\udcff.JPG"},  # a non-UTF-8 name kept as a surrogate
+    {"big": 123456789012345678901234567890},
+    {1: "an integer key"},
+])
+def test_json_bytes_are_the_standard_librarys_indented_ascii_json(obj):
+    import json
+
+    assert durable.json_bytes(obj) == (json.dumps(obj, indent=2, ensure_ascii=True) + "\n").encode("ascii")
+
+
+def test_json_bytes_writes_nan_as_null():
+    import json
+
+    assert json.loads(durable.json_bytes({"x": float("nan")})) == {"x": None}
