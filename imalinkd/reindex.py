@@ -74,7 +74,9 @@ def gc_paused():
     cycles, yet each allocation burst starts a collection that walks every live object
     again: a fifth to a third of the time of a 100,000-file reindex. Reference counting
     still frees everything; cycles made meanwhile are collected after. Nested and
-    concurrent uses are counted, and the collector is enabled again only if it was."""
+    concurrent uses are counted, and the collector is enabled again only if it was. Only
+    the stages that build those objects hold it off, never a ``--verify`` (which can take
+    hours in the daemon)."""
     global _gc_holders, _gc_was_enabled
     with _gc_lock:
         if _gc_holders == 0:
@@ -94,9 +96,10 @@ def gc_paused():
 class ReindexProgress:
     """Live progress of a reindex, handed to the ``progress`` callback (read-only there).
 
-    Phases: ``reading_sessions`` (``done``/``total`` session directories of the root),
-    ``verifying`` with ``--verify`` (files and bytes re-hashed, the file at hand) and
-    ``writing_catalog``. The attribute names are those of an import's progress."""
+    Phases: ``reading_sessions`` (``files_done`` of ``files_total`` session directories of
+    the root read), ``verifying`` with ``--verify`` (files and bytes re-hashed, the file at
+    hand) and ``writing_catalog``. The attribute names are those of an import's progress,
+    ``unit`` says what is counted."""
 
     phase: str
     root: str
@@ -1166,7 +1169,6 @@ def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState
     return DriveState(drive.storage_id, drive.label, tuple(sessions), drive.present_dirs, drive.present_uuid8)
 
 
-@gc_paused()
 def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool = False,
                progress: Progress = None) -> ReindexReport:
     """Reconcile one storage root (already found and its marker valid) with the catalog.
