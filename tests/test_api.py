@@ -366,6 +366,21 @@ def test_reindex_endpoint_reports(imported):
     assert r.status_code == 400
 
 
+def test_a_verifying_reindex_is_a_job_whose_report_names_the_damage(imported):
+    env, result, _ = imported
+    victim = next(p for p in (Path(result.storage_path) / "files").rglob("*") if p.is_file())
+    with open(victim, "r+b") as f:
+        first = f.read(1)
+        f.seek(0)
+        f.write(bytes([first[0] ^ 0xFF]))  # same size, other bytes: only a re-hash sees it
+    r = env.client.post("/storage/reindex", json={"path": str(env.root), "verify": True}, headers=AUTH)
+    assert r.status_code == 202, r.text
+    job = wait_job(env, r.json()["job_id"])
+    assert job["kind"] == "reindex" and job["status"] == "failed" and "1 damaged file" in job["error"]
+    assert [d["path"] for d in job["result"]["damaged"]] == [str(victim)]
+    assert job["result"]["roots"][0]["verified_files"] == result.total_files
+
+
 def wait_job(env, job_id: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -236,6 +236,11 @@ class Jobs:
         try:
             result = work(job)
             job.result = result.as_json()
+            if job.kind == "reindex":  # a ReindexReport: nothing to publish as an import
+                job.status = "completed" if result.ok else "failed"
+                job.error = None if result.ok else (f"{len(result.rejected)} item(s) rejected, "
+                                                    f"{len(result.damaged)} damaged file(s): see result")
+                return
             job.status = "completed" if result.copy_status == "completed" else "failed"
             job.error = result.error
             self.hub.publish_result(result)
@@ -671,18 +676,28 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         return locate.scan_locations(config, catalog)
 
     @app.post("/storage/reindex", tags=["control"], dependencies=[Write],
-              summary="Reconcile the catalog with the archive drives (from their manifests)")
+              summary="Reconcile the catalog with the archive drives (from their manifests)",
+              responses={202: {"description": "with verify: the job re-hashing every file, started in the background"}})
     def post_reindex(body: ReindexRequest | None = None) -> dict:
         from imalinkd import reindex
 
         body = body or ReindexRequest()
-        if body.path is not None:
-            if not os.path.isdir(body.path):
-                raise StarletteHTTPException(400, f"{paths.display(body.path)} is not a directory")
-            report = reindex.reindex_path(config, catalog, body.path, verify=body.verify)
-        else:
-            report = reindex.reindex_all(config, catalog, verify=body.verify)
-        return report.as_json()
+        if body.path is not None and not os.path.isdir(body.path):
+            raise StarletteHTTPException(400, f"{paths.display(body.path)} is not a directory")
+
+        def run(_job=None):
+            if body.path is not None:
+                return reindex.reindex_path(config, catalog, body.path, verify=body.verify)
+            return reindex.reindex_all(config, catalog, verify=body.verify)
+
+        if not body.verify:
+            return run().as_json()
+        # re-hashing every file takes as long as reading the drive (hours for a large one):
+        # a background job, whose report (the damaged files) outlives any client's timeout
+        running = [j for j in jobs.all() if j.kind == "reindex" and j.status == "running"]
+        if running:
+            raise ImalinkError(f"a verifying reindex started through the API is still running: {running[0].status_url}")
+        return JSONResponse(jobs.start("reindex", body.path or "every reachable root", run).as_json(), status_code=202)
 
     # -- imports --
 
