@@ -381,6 +381,27 @@ def test_a_verifying_reindex_is_a_job_whose_report_names_the_damage(imported):
     assert job["result"]["roots"][0]["verified_files"] == result.total_files
 
 
+def test_one_verifying_reindex_at_a_time(imported, monkeypatch):
+    import imalinkd.reindex as reindex
+
+    env, _, _ = imported
+    release = threading.Event()
+    real = reindex.reindex_path
+
+    def slow(*args, **kwargs):
+        release.wait(30)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reindex, "reindex_path", slow)
+    body = {"path": str(env.root), "verify": True}
+    first = env.client.post("/storage/reindex", json=body, headers=AUTH)
+    assert first.status_code == 202
+    second = env.client.post("/storage/reindex", json=body, headers=AUTH)
+    assert second.status_code == 409 and first.json()["status_url"] in second.json()["detail"]
+    release.set()
+    assert wait_job(env, first.json()["job_id"])["status"] == "completed"
+
+
 def wait_job(env, job_id: str, timeout: float = 60) -> dict:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
