@@ -696,7 +696,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         # a background job, whose report (the damaged files) outlives any client's timeout
         running = [j for j in jobs.all() if j.kind == "reindex" and j.status == "running"]
         if running:
-            raise ImalinkError(f"a verifying reindex started through the API is still running: {running[0].status_url}")
+            raise ImalinkError(f"a verifying reindex started through the API is still running: {running[0].as_json()['status_url']}")
         return JSONResponse(jobs.start("reindex", body.path or "every reachable root", run).as_json(), status_code=202)
 
     # -- imports --
