@@ -253,13 +253,29 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
         source_path=source, description=description, source=info.as_json(), copy_status="in_progress",
         copy_started_at=storage.iso(started), verification=verify, skipped=skipped,
     )
+    lock = SessionLock(session_dir, sid)
     try:
         os.makedirs(os.path.join(session_dir, "files"))
-        lock = SessionLock(session_dir, sid)
         lock.acquire()
         write_manifest(session_dir, manifest)
-    except OSError as e:
-        raise StorageError(path=session_dir, message=f"cannot create the session directory: {e.strerror}") from None
+        row_id = _add_session_row(catalog, sid, session_dir, dirname, marker, description, started, source, info, verify,
+                                  plan, scan, skipped)
+    except BaseException as e:
+        lock.release(remove=False)  # the session stays on the drive, failed and resumable, but not held
+        if isinstance(e, OSError):
+            raise StorageError(path=session_dir, message=f"cannot create the session directory: {e.strerror}") from None
+        raise
+    log.info("import_started", session_id=sid, source=source, storage_path=session_dir, files=len(plan.to_copy), bytes=plan.planned_bytes,
+             duplicates=len(plan.duplicates), skipped=len(scan.skipped), source_kind=info.kind, card_label=info.label, card_uuid=info.fs_uuid)
+    prog.session_uuid, prog.storage_path = sid, session_dir
+    prog.files_total, prog.bytes_total = len(plan.to_copy), plan.planned_bytes
+    return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, plan.known_hashes,
+                            verify, thumbnails, cancel, progress_cb, prog, lock)
+
+
+def _add_session_row(catalog, sid, session_dir, dirname, marker, description, started, source, info, verify, plan, scan,
+                     skipped) -> int:
+    """The new session's catalog row and its skipped entries; returns the row's id."""
     with _catalog_failure_explained(catalog, sid, session_dir), catalog.session() as s:
         row = ImportSession(
             storage_uuid=sid, storage_id=marker.storage_id, storage_directory_name=dirname, description=description,
@@ -274,12 +290,7 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
         row_id = row.id
         for e in skipped:
             s.add(SkippedFile(session_id=row_id, original_path=e.original_path, reason=e.reason, file_size=e.file_size, sha256=e.sha256, duplicate_of=e.duplicate_of))
-    log.info("import_started", session_id=sid, source=source, storage_path=session_dir, files=len(plan.to_copy), bytes=plan.planned_bytes,
-             duplicates=len(plan.duplicates), skipped=len(scan.skipped), source_kind=info.kind, card_label=info.label, card_uuid=info.fs_uuid)
-    prog.session_uuid, prog.storage_path = sid, session_dir
-    prog.files_total, prog.bytes_total = len(plan.to_copy), plan.planned_bytes
-    return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, plan.known_hashes,
-                            verify, thumbnails, cancel, progress_cb, prog, lock)
+    return row_id
 
 
 def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock) -> ImportResult:

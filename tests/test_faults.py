@@ -342,3 +342,44 @@ def test_a_full_catalog_disk_fails_a_reindex_clearly_and_records_nothing(tmp_pat
         report = reindex_path(cfg, catalog, str(archive))
         assert report.ok and report.roots[0].sessions_added == 3
         catalog.close()
+
+
+def _lock_is_free(session: Path) -> bool:
+    from imalinkd.sessions import LOCK_NAME
+
+    fd = os.open(session / LOCK_NAME, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def test_a_session_whose_catalog_row_cannot_be_written_is_not_left_held(tmp_path, monkeypatch):
+    """In a long-running daemon, a session begun on the drive whose catalog row failed must
+    not stay locked (or counted as being imported) until the process ends."""
+    import imalinkd.importer as importer
+    from imalinkd.errors import CatalogError
+    from imalinkd.sessions import _ACTIVE
+
+    def refused(*args, **kwargs):
+        raise CatalogError(url="sqlite:///catalog.db", message="cannot read or write it: database or disk is full")
+
+    monkeypatch.setattr(importer, "_add_session_row", refused)
+    card = make_card(tmp_path / "card", shots=2)
+    cfg = config_for(tmp_path, tmp_path / "archive")
+    with pytest.raises(CatalogError):
+        import_source(cfg, card.root)
+    [session] = [p for p in (tmp_path / "archive").iterdir() if p.is_dir()]
+    assert _lock_is_free(session) and session.name[-8:] not in {s[:8] for s in _ACTIVE}
+    monkeypatch.undo()
+    from imalinkd.catalog import Catalog
+    from imalinkd.reindex import reindex_path
+
+    catalog = Catalog.open(cfg)
+    assert reindex_path(cfg, catalog, str(tmp_path / "archive")).ok  # as the message says: reindex, then resume
+    catalog.close()
+    done = resume_session(cfg, session.name[-8:], source=str(card.root))
+    assert done.copy_status == "completed" and tree_hashes(session / "files") == card.files
