@@ -490,11 +490,15 @@ def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnai
         log.info("resume_started", session_id=sid, source=source, to_copy=len(plan.to_copy), kept=len(manifest.file_manifest), partials_removed=removed)
         prog = Progress(source=source, session_uuid=sid, storage_path=session_dir, files_total=len(plan.to_copy), bytes_total=plan.planned_bytes)
     except BaseException:
-        with catalog.session() as s:
-            r = s.get(ImportSession, row_id)
-            if r.copy_status == "in_progress":
-                r.copy_status, r.importer_pid = "failed", None
-        lock.release(remove=False)
+        try:
+            with catalog.session() as s:
+                r = s.get(ImportSession, row_id)
+                if r.copy_status == "in_progress":
+                    r.copy_status, r.importer_pid = "failed", None
+        except ImalinkError:  # the catalog failing too (its disk full): the drive still says where things stand
+            pass
+        finally:
+            lock.release(remove=False)
         raise
     return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock)
 
