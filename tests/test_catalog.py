@@ -65,3 +65,10 @@ def test_bad_catalog_url_is_a_clear_error():
     with pytest.raises(CatalogError) as e:
         Catalog.open("nonsense://")
     assert "nonsense://" in str(e.value)
+
+
+def test_a_damaged_catalog_file_is_a_clear_error_saying_how_to_rebuild_it(tmp_path):
+    path = tmp_path / "catalog.db"
+    path.write_bytes(os.urandom(100_000))
+    with pytest.raises(CatalogError, match="file is not a database.*move this file aside.*'imalinkd reindex' rebuilds it"):
+        Catalog.open(f"sqlite:///{path}")

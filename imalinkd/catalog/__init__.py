@@ -12,7 +12,7 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
@@ -109,8 +109,12 @@ class Catalog:
                 cfg.attributes["connection"] = conn
                 command.upgrade(cfg, "head")
         except SQLAlchemyError as e:
+            hint = ""
+            if isinstance(e, DatabaseError) and not isinstance(e, OperationalError) and self.engine.url.get_backend_name() == "sqlite":
+                hint = (". The catalog is a cache of the archive drives: move this file aside (with its -wal and -shm) "
+                        "and 'imalinkd reindex' rebuilds it from them")
             raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: "
-                                                     f"{e.orig if hasattr(e, 'orig') else e}{self._room()}") from None
+                                                     f"{e.orig if hasattr(e, 'orig') else e}{self._room()}{hint}") from None
 
     def _room(self) -> str:
         """For a SQLite file whose file system is (nearly) full, a note saying so: SQLite
