@@ -27,13 +27,13 @@ import sys
 import threading
 import time
 from collections import defaultdict
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from datetime import date, datetime, timezone
 from itertools import repeat
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import structlog
 from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
@@ -74,9 +74,9 @@ def gc_paused():
     cycles, yet each allocation burst starts a collection that walks every live object
     again: a fifth to a third of the time of a 100,000-file reindex. Reference counting
     still frees everything; cycles made meanwhile are collected after. Nested and
-    concurrent uses are counted, and the collector is enabled again only if it was. Only
-    the stages that build those objects hold it off, never a ``--verify`` (which can take
-    hours in the daemon)."""
+    concurrent uses are counted, and the collector is enabled again only if it was. It is
+    never held across a ``--verify`` (which can take hours in the daemon): only the stages
+    that build those objects hold it off then."""
     global _gc_holders, _gc_was_enabled
     with _gc_lock:
         if _gc_holders == 0:
@@ -668,6 +668,13 @@ def _read_dirs(dirs: list[str], signatures: list[ManifestSignature | None], thre
     return results
 
 
+# A large drive is read, planned and written a slice of session directories at a time, so
+# that a rebuild of a million files does not hold every manifest and every new row in
+# memory at once (about 2 kB per file); a slice is cut where the manifests still to be read
+# reach this many bytes. A 100,000-file archive (40 MB of manifests) is one slice.
+SLICE_BYTES = 64 * 1024 * 1024
+
+
 @gc_paused()
 def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
                known: Mapping[str, KnownManifest] | None = None,
@@ -679,18 +686,28 @@ def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
     ``known`` maps directory names to what the catalog recorded of their manifests: a
     manifest whose signature is still that one is not read again (its session is the
     recorded one); with ``known`` None or empty, every manifest is read."""
+    return next(read_drive_slices(root, marker, threads, known, progress, slice_bytes=None))
+
+
+def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THREADS,
+                      known: Mapping[str, KnownManifest] | None = None, progress: Progress = None,
+                      slice_bytes: int | None = SLICE_BYTES) -> Iterator[tuple[DriveState, list[tuple[str, str]]]]:
+    """:func:`read_drive` a slice at a time (see SLICE_BYTES; None: one slice): yields
+    each slice's state and rejected items, in directory-name order. Each state's
+    ``present_dirs`` are the whole root's, so that no slice takes the sessions of another
+    for missing; a session read in an earlier slice is rejected in a later one, as it
+    would be in one read."""
     known = known or {}
-    rejected: list[tuple[str, str]] = []
-    sessions: list[DriveSession] = []
-    present: set[str] = set()
-    uuid8: set[str] = set()
     seen_uuids: dict[str, str] = {}
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
     except OSError as e:
-        return DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, f"cannot list the storage root: {e.strerror}")]
+        yield DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, f"cannot list the storage root: {e.strerror}")]
+        return
     # in name order: a rejection of the entry itself, or a session directory to read
     items: list[tuple[str, str] | os.DirEntry] = []
+    present: set[str] = set()
+    uuid8: set[str] = set()
     for entry in entries:
         if not storage.is_session_dir_name(entry.name):
             continue
@@ -708,37 +725,67 @@ def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
         present.add(entry.name)
         uuid8.add(entry.name[-8:])
         items.append(entry)
-    dirs = [it.path for it in items if isinstance(it, os.DirEntry)]
-    signatures = [known[it.name].signature if it.name in known else None
-                  for it in items if isinstance(it, os.DirEntry)]
-    report = ReindexProgress("reading_sessions", root, files_total=len(dirs))
+    present_dirs, present_uuid8 = frozenset(present), frozenset(uuid8)
+    report = ReindexProgress("reading_sessions", root, files_total=len(present))
+    for part in _slices(items, known, slice_bytes):
+        with gc_paused():
+            dirs = [it.path for it in part if isinstance(it, os.DirEntry)]
+            signatures = [known[it.name].signature if it.name in known else None
+                          for it in part if isinstance(it, os.DirEntry)]
+            before = report.files_done
 
-    def done(n: int) -> None:
-        if progress is not None:
-            report.files_done = n
-            progress(report)
+            def done(n: int) -> None:
+                if progress is not None:
+                    report.files_done = before + n
+                    progress(report)
 
-    results = iter(_read_dirs(dirs, signatures, threads, done))
+            results = iter(_read_dirs(dirs, signatures, threads, done))
+            report.files_done = before + len(dirs)
+            sessions: list[DriveSession] = []
+            rejected: list[tuple[str, str]] = []
+            for item in part:
+                if not isinstance(item, os.DirEntry):
+                    rejected.append(item)
+                    continue
+                m, on_disk, problem, signature = next(results)
+                path = item.path
+                if m is not None:
+                    uuid_ = m.import_session_id
+                else:  # not read again when its signature is the known one, else rejected
+                    uuid_ = known[item.name].session_uuid if signature is not None else None
+                if uuid_ is not None and uuid_ in seen_uuids:
+                    rejected.append((path, f"holds session {uuid_}, already read from {seen_uuids[uuid_]} on this root"))
+                    continue
+                if uuid_ is not None:
+                    seen_uuids[uuid_] = path
+                if problem is not None:
+                    rejected.append(problem)
+                    continue
+                sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_))
+        yield DriveState(marker.storage_id, marker.label, tuple(sessions), present_dirs, present_uuid8), rejected
+        del sessions, rejected, results  # the slice is the caller's now: nothing of it kept while reading the next
+
+
+def _slices(items: list, known: Mapping[str, KnownManifest], slice_bytes: int | None) -> Iterator[list]:
+    """``items`` in consecutive runs whose manifests to read (those not ``known``) add up
+    to about ``slice_bytes``; at least one run, even of nothing."""
+    if slice_bytes is None:
+        yield items
+        return
+    part: list = []
+    size = 0
     for item in items:
-        if not isinstance(item, os.DirEntry):
-            rejected.append(item)
-            continue
-        m, on_disk, problem, signature = next(results)
-        path = item.path
-        if m is not None:
-            uuid_ = m.import_session_id
-        else:  # not read again when its signature is the known one, else rejected
-            uuid_ = known[item.name].session_uuid if signature is not None else None
-        if uuid_ is not None and uuid_ in seen_uuids:
-            rejected.append((path, f"holds session {uuid_}, already read from {seen_uuids[uuid_]} on this root"))
-            continue
-        if uuid_ is not None:
-            seen_uuids[uuid_] = path
-        if problem is not None:
-            rejected.append(problem)
-            continue
-        sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_))
-    return DriveState(marker.storage_id, marker.label, tuple(sessions), frozenset(present), frozenset(uuid8)), rejected
+        part.append(item)
+        if isinstance(item, os.DirEntry) and item.name not in known:
+            try:
+                size += os.lstat(os.path.join(item.path, mf.FILENAME)).st_size
+            except OSError:
+                pass
+        if size >= slice_bytes:
+            yield part
+            part, size = [], 0
+    if part or not items:
+        yield part
 
 
 # --- reading and writing the catalog ----------------------------------------------------------
@@ -765,7 +812,7 @@ def _fetch_tuples(conn, stmt) -> list[tuple]:
     columns whose raw values are what the caller wants (bytes, integers, 0/1)."""
     if not _is_pysqlite(conn):
         return [tuple(row) for row in conn.execute(stmt)]
-    compiled = stmt.compile(dialect=conn.dialect)
+    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
     params = [compiled.params[k] for k in compiled.positiontup]
     return conn.connection.driver_connection.cursor().execute(str(compiled), params).fetchall()
 
@@ -821,17 +868,14 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
             copies[c.session_id].append(CatalogCopy(c.id, c.storage_id, c.storage_directory_name, bool(c.missing),
                                                     _signature(c.manifest_size, c.manifest_mtime_ns, c.manifest_ctime_ns)))
     home_here = {r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive and r.copy_files}
-    if home_here:
-        # every reindex of a large archive loads these: plain tuples, the paths' bytes
-        # decoded here as FsPath does
-        decode = _fsdecoder()
+    # every reindex of a large archive loads these: plain tuples, the paths' bytes decoded
+    # here as FsPath does; only for the sessions of this slice of the drive
+    decode = _fsdecoder()
+    for chunk in _chunks(sorted(home_here)):
         for image_id, sid, rel, size, flagged in _fetch_tuples(s.connection(), select(
                 Image.id, Image.session_id, type_coerce(Image.storage_relative_path, LargeBinary),
-                Image.file_size, Image.size_mismatch)
-                .join(ImportSession, ImportSession.id == Image.session_id)
-                .where(ImportSession.storage_id == drive.storage_id, ImportSession.copy_files)):
-            if sid in home_here:
-                images[sid][decode(rel)] = (image_id, size, bool(flagged))
+                Image.file_size, Image.size_mismatch).where(Image.session_id.in_(chunk))):
+            images[sid][decode(rel)] = (image_id, size, bool(flagged))
     return CatalogState({
         r.storage_uuid: CatalogSession(r.id, r.storage_uuid, r.storage_id, r.storage_directory_name, bool(r.missing),
                                        bool(r.copy_files), tuple(copies[r.id]), images.get(r.id, {}),
@@ -1175,20 +1219,61 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
 
     The manifests the catalog read before and that are unchanged since (same size, mtime
     and ctime) are not read again; every file's size is (see :func:`_read_session_dir`).
-    ``verify`` reads every manifest, since it re-hashes every file they list."""
+    ``verify`` reads every manifest, since it re-hashes every file they list. A large root
+    is read and written a slice at a time, each slice in its own transaction (see
+    SLICE_BYTES): a reindex stopped half-way has recorded whole sessions, and the next one
+    does the rest."""
     report = ReindexReport()
     known: dict[str, KnownManifest] = {}
     if not verify:
         with catalog.session() as s:
             known = load_known_manifests(s, found.marker.storage_id)
-    drive, rejected = read_drive(found.path, found.marker, known=known, progress=progress)
-    report.rejected += rejected
-    rr = RootReport(found.path, found.marker.storage_id, found.marker.label, sessions_on_drive=len(drive.sessions))
-    if verify:
-        rr.verified_files, report.damaged = _verify_drive(found.path, drive, progress)
+    rr = RootReport(found.path, found.marker.storage_id, found.marker.label)
     rr.health = root_health(config, found.path)
-    if progress is not None:
-        progress(ReindexProgress("writing_catalog", found.path, files_total=len(drive.sessions), files_done=len(drive.sessions)))
+    # the collector is held off for the whole root (see gc_paused), unless it is verified:
+    # then each stage holds it off by itself, never the hours of re-hashing
+    with gc_paused() if not verify else nullcontext():
+        _index_slices(catalog, found, known, verify, progress, report, rr)
+    report.roots.append(rr)
+    log.info("reindex_root", path=found.path, storage_id=found.marker.storage_id, sessions=rr.sessions_on_drive,
+             manifests_read=rr.manifests_read, added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,
+             back=rr.sessions_back, replicas=rr.replicas, rejected=len(report.rejected))
+    for path, reason in report.rejected:
+        log.warning("reindex_rejected", path=path, reason=reason)
+    return report
+
+
+def _index_slices(catalog: Catalog, found: storage.FoundRoot, known: Mapping[str, KnownManifest], verify: bool,
+                  progress: Progress, report: ReindexReport, rr: RootReport) -> None:
+    """Read, plan and write the root a slice at a time, adding up into ``report`` and ``rr``."""
+    for drive, rejected in read_drive_slices(found.path, found.marker, known=known, progress=progress,
+                                             slice_bytes=SLICE_BYTES):
+        report.rejected += rejected
+        if verify:
+            checked, damaged = _verify_drive(found.path, drive, progress)
+            rr.verified_files += checked
+            report.damaged += damaged
+        if progress is not None:
+            progress(ReindexProgress("writing_catalog", found.path, files_total=len(drive.sessions), files_done=len(drive.sessions)))
+        drive, plan = _index_slice(catalog, found, drive, rr.health, verify)
+        rr.sessions_added += len(plan.new_sessions)
+        rr.images_added += sum(len(n.images) for n in plan.new_sessions)
+        rr.photos_added += sum(len(n.photos) for n in plan.new_sessions)
+        rr.replicas += len(plan.replicas)
+        rr.sessions_missing += len(plan.sessions_missing)
+        rr.sessions_back += len(plan.sessions_back)
+        rr.size_mismatches += sum(1 for _, f in plan.size_flags if f) + sum(
+            1 for n in plan.new_sessions for row in n.images if row[-1])
+        rr.notes += plan.notes
+        rr.sessions_on_drive += len(drive.sessions)
+        rr.manifests_read += sum(1 for ds in drive.sessions if ds.manifest is not None)
+        del drive, plan  # freed before the next slice is read
+
+
+def _index_slice(catalog: Catalog, found: storage.FoundRoot, drive: DriveState, health: Mapping[str, Any],
+                 verified: bool) -> tuple[DriveState, ReindexPlan]:
+    """Plan and apply one slice of a root in one transaction; returns the slice as planned
+    (with any manifest read again) and the plan."""
     for attempt in range(3):
         try:
             with catalog.session() as s:
@@ -1197,30 +1282,13 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
                 drive = _read_again(found.path, drive, state)
                 plan = plan_reindex(drive, state)
                 apply_plan(s, plan, now)
-                _upsert_root(s, found.path, found.marker, rr.health, now, verify)
-            break
+                _upsert_root(s, found.path, found.marker, health, now, verified)
+            return drive, plan
         except (IntegrityError, sqlite3.IntegrityError):
             # another process added the same session meanwhile: plan again against it
             if attempt == 2:
                 raise
-    rr.sessions_added = len(plan.new_sessions)
-    rr.images_added = sum(len(n.images) for n in plan.new_sessions)
-    rr.photos_added = sum(len(n.photos) for n in plan.new_sessions)
-    rr.replicas = len(plan.replicas)
-    rr.sessions_missing = len(plan.sessions_missing)
-    rr.sessions_back = len(plan.sessions_back)
-    rr.size_mismatches = sum(1 for _, f in plan.size_flags if f) + sum(
-        1 for n in plan.new_sessions for row in n.images if row[-1])
-    rr.notes = plan.notes
-    rr.sessions_on_drive = len(drive.sessions)
-    rr.manifests_read = sum(1 for ds in drive.sessions if ds.manifest is not None)
-    report.roots.append(rr)
-    log.info("reindex_root", path=found.path, storage_id=found.marker.storage_id, sessions=len(drive.sessions),
-             manifests_read=rr.manifests_read, added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,
-             back=rr.sessions_back, replicas=rr.replicas, rejected=len(rejected))
-    for path, reason in rejected:
-        log.warning("reindex_rejected", path=path, reason=reason)
-    return report
+    raise AssertionError("unreachable")
 
 
 def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verify: bool, progress: Progress = None) -> ReindexReport:

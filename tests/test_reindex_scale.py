@@ -359,3 +359,49 @@ def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
         assert not gc.isenabled()  # not enabled by a reindex when it was off before
     finally:
         gc.enable()
+
+
+# --- a large root, a slice at a time -------------------------------------------------------------
+
+
+def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp_path, monkeypatch):
+    import shutil
+
+    import imalinkd.reindex as reindex
+    from imalinkd.reindex import read_drive_slices
+
+    root = tmp_path / "archive"
+    marker = build_mixed_drive(root)
+    whole_drive, whole_rejected = read_drive(str(root), marker)
+    slices = list(read_drive_slices(str(root), marker, slice_bytes=1))  # a session directory a slice
+    assert len(slices) == 9 + 1  # one per directory, and the last one's
+    assert [ds for drive, _ in slices for ds in drive.sessions] == list(whole_drive.sessions)
+    assert [r for _, rejected in slices for r in rejected] == whole_rejected  # a session twice: across slices too
+    assert all(drive.present_dirs == whole_drive.present_dirs for drive, _ in slices)
+
+    results = []
+    for name, slice_bytes in (("whole", None), ("sliced", 1)):
+        monkeypatch.setattr(reindex, "SLICE_BYTES", slice_bytes)
+        config = config_for(tmp_path / name, root)
+        catalog = Catalog.open(config)
+        first = reindex_path(config, catalog, str(root))
+        # a session directory gone: marked missing once, and no other
+        gone = sorted(p for p in root.iterdir() if p.is_dir() and "_s0_" in p.name)[0]
+        shutil.move(str(gone), str(tmp_path / f"{name}-away"))
+        second = reindex_path(config, catalog, str(root))
+        shutil.move(str(tmp_path / f"{name}-away"), str(gone))
+        with catalog.session() as s:
+            missing = s.scalars(select(ImportSession.storage_directory_name).where(ImportSession.missing)).all()
+        results.append((dump(catalog)[0], first.as_json(), second.as_json(), missing))
+        catalog.close()
+    (whole_rows, whole_first, whole_second, whole_missing), (rows, first, second, missing) = results
+    assert whole_missing == missing == [gone.name]
+    for report in (whole_first, first, whole_second, second):
+        report.pop("seconds")
+        report["roots"][0].pop("health")
+    for table in rows:  # the same rows, ids included; only when each copy was last seen differs
+        def seen_aside(row, table=table):
+            return row[:4] + row[5:] if table == "session_copies" else row
+        assert [seen_aside(r) for r in rows[table]] == [seen_aside(r) for r in whole_rows[table]], table
+    assert (first, second) == (whole_first, whole_second)
+    assert first["roots"][0]["sessions_added"] == 7 and second["roots"][0]["sessions_missing"] == 1
