@@ -12,6 +12,8 @@ The drive is the truth and the catalog a cache (DESIGN §1). Reindexing is three
    for this root, giving a :class:`ReindexPlan`;
 3. *apply* (:func:`apply_plan`): one transaction with bulk inserts.
 
+A large root goes through the three a slice of session directories at a time
+(:func:`read_drive_slices`, SLICE_BYTES), so that memory holds one slice, not the drive.
 Reindexing never writes to the drive. A catalog deleted outright is rebuilt from the
 drives: the same sessions, images, photos, skipped files and counts.
 """
