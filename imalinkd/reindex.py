@@ -207,6 +207,10 @@ class NewSession:
     skipped: list[dict[str, Any]]
     copy: dict[str, Any]  # the SessionCopy where it was seen
     note: str | None = None
+    # a session taken again from the drive (its manifest moved on) keeps its catalog id,
+    # and its images whose paths it still lists keep theirs: what API clients hold stays valid
+    session_id: int | None = None
+    image_ids: Mapping[str, int] = field(default_factory=dict)
 
     def image_rows(self) -> list[tuple[int | None, dict[str, Any]]]:
         """The images as (index into photos, row by column name), with datetimes."""
@@ -422,6 +426,7 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
             fresh = _new_session(drive, ds, drive.storage_id)
             if (fresh.session["copy_status"], fresh.session["total_files"]) != (cs.copy_status, cs.total_files):
                 plan.sessions_replaced.append(cs.id)
+                fresh.session_id, fresh.image_ids = cs.id, {rel: v[0] for rel, v in cs.images.items()}
                 plan.new_sessions.append(fresh)
                 plan.notes.append((ds.dir_name, f"the manifest moved on ({cs.copy_status}, {cs.total_files} files → "
                                                  f"{fresh.session['copy_status']}, {fresh.session['total_files']} files): taken from the drive"))
@@ -1032,9 +1037,13 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
     other writer can take one meanwhile."""
     new = plan.new_sessions
     keys = list(new[0].session)
-    sessions = _RowWriter(conn, ImportSession.__table__, keys)
+    sessions = _RowWriter(conn, ImportSession.__table__, ["id", *keys])
     get = itemgetter(*keys)
-    ids = [sessions.insert_one(get(n.session)) for n in new]
+    # the sessions and images that keep their ids go in first: an id given by SQLite (one
+    # past the largest) could otherwise be one that a deleted row is about to take back
+    ids: list[int] = [0] * len(new)
+    for i in sorted(range(len(new)), key=lambda i: new[i].session_id is None):
+        ids[i] = sessions.insert_one((new[i].session_id, *get(new[i].session)))
     cursor = sessions.cursor
     n_photos = sum(len(n.photos) for n in new)
     n_images = sum(len(n.images) for n in new)
@@ -1051,10 +1060,12 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
                 [(first + i, sid, *get(p)) for sid, first, n in zip(ids, first_photo, new) for i, p in enumerate(n.photos)])
     with _indexes_rebuilt_after(cursor, Image.__tablename__, n_images >= _BULK_ROWS):
         if n_images:
-            writer = _RowWriter(conn, Image.__table__, ["session_id", "photo_id", *IMAGE_COLUMNS],
+            writer = _RowWriter(conn, Image.__table__, ["id", "session_id", "photo_id", *IMAGE_COLUMNS],
                                 convert={"copied_at": _iso_column(conn.dialect, Image.__table__.c.copied_at)})
-            writer.insert_many([(sid, None if row[0] is None else first + row[0], *row[1:])
-                                for sid, first, n in zip(ids, first_photo, new) for row in n.images])
+            rows = [(n.image_ids.get(row[1]), sid, None if row[0] is None else first + row[0], *row[1:])
+                    for sid, first, n in zip(ids, first_photo, new) for row in n.images]
+            rows.sort(key=lambda row: row[0] is None)  # kept ids first, as for the sessions
+            writer.insert_many(rows)
     skipped = [(sid, r) for sid, n in zip(ids, new) for r in n.skipped]
     if skipped:
         keys = list(skipped[0][1])
@@ -1084,8 +1095,13 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
     if plan.new_sessions and dbapi_inserts and _is_pysqlite(conn):
         _insert_new_sessions_sqlite(conn, plan, now)
     elif plan.new_sessions:
-        ids = s.execute(insert(ImportSession.__table__).returning(ImportSession.__table__.c.id, sort_by_parameter_order=True),
-                        [n.session for n in plan.new_sessions]).scalars().all()
+        table = ImportSession.__table__
+        ids = [s.execute(insert(table).returning(table.c.id), {**n.session, "id": n.session_id}).scalar_one()
+               if n.session_id is not None else None for n in plan.new_sessions]
+        fresh = iter(s.execute(insert(table).returning(table.c.id, sort_by_parameter_order=True),
+                               [n.session for n in plan.new_sessions if n.session_id is None]).scalars().all()
+                     if None in ids else ())
+        ids = [sid if sid is not None else next(fresh) for sid in ids]
         photo_rows, owners = [], []
         for sid, n in zip(ids, plan.new_sessions):
             for p in n.photos:
@@ -1096,13 +1112,16 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
         offset = 0
         for sid, n in zip(ids, plan.new_sessions):
             for idx, row in n.image_rows():
-                image_rows.append({**row, "session_id": sid, "photo_id": photo_ids[offset + idx] if idx is not None else None})
+                reused = n.image_ids.get(row["storage_relative_path"])
+                image_rows.append({**row, "session_id": sid, "photo_id": photo_ids[offset + idx] if idx is not None else None,
+                                   **({"id": reused} if reused is not None else {})})
             offset += len(n.photos)
             skipped_rows += [{**r, "session_id": sid} for r in n.skipped]
             copy_rows.append({**n.copy, "session_id": sid, "last_seen_at": now,
                               **_signature_columns(plan.signatures.get(n.copy["storage_directory_name"]))})
-        for chunk in _chunks(image_rows, 20000):
-            s.execute(insert(Image.__table__), chunk)
+        for rows in ([r for r in image_rows if "id" in r], [r for r in image_rows if "id" not in r]):
+            for chunk in _chunks(rows, 20000):
+                s.execute(insert(Image.__table__), chunk)
         if skipped_rows:
             s.execute(insert(SkippedFile.__table__), skipped_rows)
         s.execute(insert(SessionCopy.__table__), copy_rows)

@@ -11,7 +11,7 @@ import threading
 import time
 
 import pytest
-from sqlalchemy import select, text
+from sqlalchemy import func, select, text
 
 from imalinkd import durable, manifest as mf, paths, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile
@@ -405,3 +405,45 @@ def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp
         assert [seen_aside(r) for r in rows[table]] == [seen_aside(r) for r in whole_rows[table]], table
     assert (first, second) == (whole_first, whole_second)
     assert first["roots"][0]["sessions_added"] == 7 and second["roots"][0]["sessions_missing"] == 1
+
+
+# --- a session taken again from the drive keeps its ids -----------------------------------------
+
+
+@pytest.mark.parametrize("fast", [True, False])
+def test_a_session_whose_manifest_moved_on_keeps_its_id_and_its_images_ids(tmp_path, fast):
+    """Failed here with two files, completed elsewhere with four, and a new session beside it
+    whose directory comes first: the session and its two images keep their ids (which API
+    clients hold), even though SQLite would hand the freed largest id to the first new row."""
+    import shutil
+    import uuid
+
+    root = tmp_path / "archive"
+    marker = make_root(root)
+    files = {f"DCIM/IMG_{i}.JPG": bytes([i]) * (i + 1) for i in range(4)}
+    sid = str(uuid.uuid4())
+    _, sdir = make_session(root, marker, files, sid=sid, status="failed", listed=set(list(files)[:2]), description="trip")
+    catalog = Catalog.open(f"sqlite:///{tmp_path}/catalog.db")
+
+    def index(fast_inserts: bool):
+        drive, rejected = read_drive(str(root), marker)
+        assert not rejected
+        with catalog.session() as s:
+            apply_plan(s, plan_reindex(drive, load_catalog_state(s, drive)), storage.utcnow(), dbapi_inserts=fast_inserts)
+
+    index(fast)
+    with catalog.session() as s:
+        session_id = s.scalar(select(ImportSession.id).where(ImportSession.storage_uuid == sid))
+        before = dict(s.execute(select(Image.storage_relative_path, Image.id)).all())
+    assert len(before) == 2 and max(before.values()) == 2
+    # completed elsewhere: the drive's manifest now lists all four
+    _, done = make_session(tmp_path / "elsewhere", marker, files, sid=sid, description="trip")
+    shutil.copy(os.path.join(done, mf.FILENAME), os.path.join(sdir, mf.FILENAME))
+    make_session(root, marker, {"DCIM/NEW.JPG": b"new"}, description="aaa-first")
+    index(fast)
+    with catalog.session() as s:
+        row = s.scalar(select(ImportSession).where(ImportSession.storage_uuid == sid))
+        after = dict(s.execute(select(Image.storage_relative_path, Image.id).where(Image.session_id == row.id)).all())
+        assert (row.id, row.copy_status, row.total_files) == (session_id, "completed", 4)
+        assert {rel: after[rel] for rel in before} == before and len(after) == 4
+        assert s.scalar(select(func.count()).select_from(Image)) == 5
