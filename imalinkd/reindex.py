@@ -1351,6 +1351,9 @@ def reindex_path(config, catalog: Catalog, path: str, verify: bool = False, prog
     ``path`` holding no storage root is itself reported as rejected."""
     t0 = time.monotonic()
     path = os.path.abspath(os.fspath(path))
+    if not os.path.isdir(path):
+        problem = "is not a directory" if os.path.lexists(path) else "does not exist"
+        return ReindexReport(rejected=[(path, f"{problem}: give a mount point or a storage root")])
     found, bad_markers = discover_roots(path, config.storage.search_depth)
     report = ReindexReport(rejected=list(bad_markers))
     if not found and not bad_markers:

@@ -415,6 +415,10 @@ def test_path_without_a_storage_root_is_reported(tmp_path):
     report = reindex_path(config, Catalog.open(config), str(tmp_path / "empty"))
     assert not report.ok and "no storage root here" in report.rejected[0][1]
     assert json.loads(json.dumps(report.as_json()))["rejected"][0]["path"] == str(tmp_path / "empty")
+    (tmp_path / "a-file").write_text("x")
+    for path, problem in ((tmp_path / "nowhere", "does not exist"), (tmp_path / "a-file", "is not a directory")):
+        report = reindex_path(config, Catalog.open(config), str(path))
+        assert report.rejected == [(str(path), f"{problem}: give a mount point or a storage root")]
 
 
 def test_replica_root_is_recorded_as_a_second_copy(tmp_path):
