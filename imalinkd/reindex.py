@@ -44,7 +44,7 @@ from sqlalchemy.exc import IntegrityError
 from imalinkd import durable, manifest as mf, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json, upsert_storage_root
 from imalinkd.catalog.models import FsPath
-from imalinkd.errors import ManifestError
+from imalinkd.errors import ManifestError, StorageError
 from imalinkd.locate import discover_roots, root_health
 from imalinkd.plan import photo_key
 from imalinkd.sessions import importer_alive
@@ -693,7 +693,10 @@ def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
     ``known`` maps directory names to what the catalog recorded of their manifests: a
     manifest whose signature is still that one is not read again (its session is the
     recorded one); with ``known`` None or empty, every manifest is read."""
-    return next(read_drive_slices(root, marker, threads, known, progress, slice_bytes=None))
+    try:
+        return next(read_drive_slices(root, marker, threads, known, progress, slice_bytes=None))
+    except StorageError as e:
+        return DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, e.fields["message"])]
 
 
 def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THREADS,
@@ -708,9 +711,8 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
     seen_uuids: dict[str, str] = {}
     try:
         entries = sorted(os.scandir(root), key=lambda e: e.name)
-    except OSError as e:
-        yield DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, f"cannot list the storage root: {e.strerror}")]
-        return
+    except OSError as e:  # nothing can be said of its sessions, not even that they are gone
+        raise StorageError(path=root, message=f"cannot list the storage root: {e.strerror or e}") from None
     # in name order: a rejection of the entry itself, or a session directory to read
     items: list[tuple[str, str] | os.DirEntry] = []
     present: set[str] = set()
@@ -1254,7 +1256,10 @@ def index_root(config, catalog: Catalog, found: storage.FoundRoot, verify: bool 
     # the collector is held off for the whole root (see gc_paused), unless it is verified:
     # then each stage holds it off by itself, never the hours of re-hashing
     with gc_paused() if not verify else nullcontext():
-        _index_slices(catalog, found, known, verify, progress, report, rr)
+        try:
+            _index_slices(catalog, found, known, verify, progress, report, rr)
+        except StorageError as e:  # the root cannot be listed: the catalog is left as it is
+            report.rejected.append((found.path, e.fields["message"]))
     report.roots.append(rr)
     log.info("reindex_root", path=found.path, storage_id=found.marker.storage_id, sessions=rr.sessions_on_drive,
              manifests_read=rr.manifests_read, added=rr.sessions_added, images_added=rr.images_added, missing=rr.sessions_missing,

@@ -24,6 +24,7 @@ from imalinkd.reindex import (
     DriveSession,
     DriveState,
     plan_reindex,
+    read_drive,
     reindex_all,
     reindex_path,
 )
@@ -670,3 +671,25 @@ def test_a_session_resumed_with_another_catalog_is_complete_after_reindex(tmp_pa
         assert row.copy_status == "completed" and row.total_files == len(card.files)
         assert {i.storage_relative_path: i.sha256 for i in s.scalars(select(Image))} == card.files
     assert tree_hashes(tmp_path / "archive" / failed.storage_directory_name / "files") == card.files
+
+
+def test_a_root_that_cannot_be_listed_leaves_the_catalog_as_it_is(tmp_path, monkeypatch):
+    """An I/O error listing the root (a failing drive) says nothing of its sessions: none is
+    marked missing."""
+    import errno
+
+    root, marker, sid, sdir, config, catalog = indexed_archive(tmp_path)
+    real_scandir = os.scandir
+
+    def failing(path="."):
+        if os.fspath(path) == str(root):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_scandir(path)
+
+    monkeypatch.setattr(os, "scandir", failing)
+    report = reindex_path(config, catalog, str(root))
+    assert report.rejected == [(str(root), "cannot list the storage root: Input/output error")]
+    with catalog.session() as s:
+        assert not s.scalar(select(ImportSession.missing).where(ImportSession.storage_uuid == sid))
+    drive, rejected = read_drive(str(root), marker)
+    assert drive.sessions == () and rejected == report.rejected
