@@ -180,6 +180,7 @@ def main() -> int:
         ok = True
 
         settle(root)
+        os.sync()  # the build's writeback done before anything is timed
         rows: list[tuple[str, str, float, float, str]] = []  # (cache, kind, seconds, find seconds, detail)
         # warm: one untimed find fills the cache the same way for both
         time_find(root)
