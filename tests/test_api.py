@@ -606,6 +606,62 @@ def test_unix_socket_is_private_and_its_peers_need_no_token(tmp_path):
     assert not sock_path.exists()
 
 
+def _ask_as(uid: int | None, sock_path: str) -> bytes:
+    """The first bytes of the answer to a request on the unix socket, from a child process
+    running as ``uid`` (None: this user); b"" when the connection is closed unanswered."""
+    import socket
+
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: only system calls, then _exit
+        try:
+            os.close(r)
+            if uid is not None:
+                os.setgid(uid)
+                os.setuid(uid)
+            s = socket.socket(socket.AF_UNIX)
+            s.settimeout(10)
+            s.connect(sock_path)
+            try:
+                s.sendall(b"GET /import-sessions HTTP/1.1\r\nHost: x\r\n\r\n")
+                got = s.recv(100)
+            except (ConnectionResetError, BrokenPipeError):  # closed by the server
+                got = b""
+            os.write(w, b"+" + got)
+        except BaseException as e:
+            os.write(w, b"!" + repr(e).encode())
+        finally:
+            os._exit(0)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        out = f.read()
+    os.waitpid(pid, 0)
+    assert out.startswith(b"+"), out
+    return out[1:]
+
+
+def test_unix_socket_turns_away_another_users_process_even_if_its_mode_is_loosened(tmp_path):
+    import shutil
+    import tempfile
+
+    from mounts import require_root
+
+    require_root("switching to another user for the peer")
+    run_dir = tempfile.mkdtemp(prefix="imalinkd-api-")  # reachable by any user, unlike tmp_path
+    os.chmod(run_dir, 0o755)
+    sock_path = os.path.join(run_dir, "api.sock")
+    e = Env(tmp_path, tmp_path / "archive", listen=f"unix:{sock_path}")
+    e.server = start_api_server(e.config, e.catalog, e.hub, token=TOKEN)
+    try:
+        os.chmod(sock_path, 0o666)  # loosened by hand: the file system lets anyone connect now
+        assert _ask_as(65534, sock_path) == b""  # another user: connected, then closed unanswered
+        assert _ask_as(None, sock_path).startswith(b"HTTP/1.1 200")
+    finally:
+        e.server.stop()
+        e.catalog.close()
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
 # --- an unplugged archive -----------------------------------------------------------------------
 
 

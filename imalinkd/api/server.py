@@ -7,7 +7,9 @@ daemon's own SIGTERM/SIGHUP handling is untouched. ``ApiServer.stop()`` ends ope
 streams, asks running API imports to park, and returns within about two seconds.
 
 A ``unix:/path`` listen address makes a socket of mode 0600: only the service user (and
-root) can connect, and such peers need no token.
+root) can connect, and such peers need no token. Each connection's peer is also checked by
+its credentials (``SO_PEERCRED``): a process of another user is turned away even if the
+socket's mode or directory were loosened by hand.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import os
 import socket
 import stat
+import struct
 import threading
 import time
 from dataclasses import dataclass, field
@@ -78,6 +81,24 @@ class ApiServer:
         log.info("api_server_stopped", listen=self.listen)
 
 
+class _OwnUserSocket(socket.socket):
+    """A listening unix socket that hands over only connections whose peer runs as this
+    process's user or as root (``SO_PEERCRED``); any other is closed at once and logged.
+    asyncio calls ``accept`` on the listening socket it is given, so the check sits there."""
+
+    def accept(self):
+        conn, addr = super().accept()
+        try:
+            pid, uid, _gid = struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i")))
+        except OSError:
+            pid, uid = -1, -1
+        if uid not in (0, os.geteuid()):
+            conn.close()
+            log.warning("api_peer_refused", pid=pid, uid=uid, reason="another user's process on the unix socket")
+            raise ConnectionAbortedError("peer of another user")
+        return conn, addr
+
+
 def _bind(addr: ListenAddress) -> socket.socket:
     if addr.unix_path:
         path = addr.unix_path
@@ -90,7 +111,7 @@ def _bind(addr: ListenAddress) -> socket.socket:
         # bind under a temporary name, restrict it, then move it into place: the socket is
         # never reachable with looser permissions
         tmp = f"{path}.{os.getpid()}.tmp"
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock = _OwnUserSocket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             if os.path.lexists(tmp):
                 os.unlink(tmp)
