@@ -1300,7 +1300,8 @@ def _index_slice(catalog: Catalog, found: storage.FoundRoot, drive: DriveState, 
                  verified: bool) -> tuple[DriveState, ReindexPlan]:
     """Plan and apply one slice of a root in one transaction; returns the slice as planned
     (with any manifest read again) and the plan."""
-    for attempt in range(3):
+    attempts = 3
+    while True:
         try:
             with catalog.session() as s:
                 now = storage.utcnow()
@@ -1312,9 +1313,9 @@ def _index_slice(catalog: Catalog, found: storage.FoundRoot, drive: DriveState, 
             return drive, plan
         except (IntegrityError, sqlite3.IntegrityError):
             # another process added the same session meanwhile: plan again against it
-            if attempt == 2:
+            attempts -= 1
+            if attempts == 0:
                 raise
-    raise AssertionError("unreachable")
 
 
 def _index_found(config, catalog: Catalog, found: list[storage.FoundRoot], verify: bool, progress: Progress = None) -> ReindexReport:

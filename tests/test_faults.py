@@ -324,7 +324,7 @@ def test_a_catalog_disk_filling_during_an_import_leaves_it_on_the_drive_resumabl
 
 def test_a_full_catalog_disk_fails_a_reindex_clearly_and_records_nothing(tmp_path):
     require_root()
-    from imalinkd.catalog import Catalog, ImportSession
+    from imalinkd.catalog import ImportSession
     from imalinkd.errors import CatalogError
     from imalinkd.reindex import reindex_path
     from sqlalchemy import func, select
