@@ -21,6 +21,7 @@ drives: the same sessions, images, photos, skipped files and counts.
 from __future__ import annotations
 
 import gc
+import hashlib
 import os
 import re
 import sqlite3
@@ -121,6 +122,9 @@ Progress = Callable[[ReindexProgress], None] | None
 
 # A manifest file as stat-ed: (st_size, st_mtime_ns, st_ctime_ns).
 ManifestSignature = tuple[int, int, int]
+# What a copy records of its session directory as a reindex read it: its manifest's
+# signature and the digest of its files (files_digest), either None when not to be trusted.
+CopySignature = tuple[ManifestSignature | None, str | None]
 
 
 @dataclass(frozen=True)
@@ -129,6 +133,14 @@ class KnownManifest:
 
     session_uuid: str
     signature: ManifestSignature
+
+
+def files_digest(on_disk: Mapping[str, int]) -> str:
+    """A digest of a session's files as listed (:func:`_walk_files`): names, sizes and the
+    order the walk met them in. The same files listed the same way give the same digest;
+    anything else (a size, a name, a file added or gone, even only the order of a directory
+    rewritten) gives another, which only costs a comparison of every size."""
+    return hashlib.blake2b(repr(on_disk).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
 
 
 @dataclass(frozen=True)
@@ -144,6 +156,7 @@ class DriveSession:
     on_disk: Mapping[str, int]  # path below files/ → size, regular files only (no partials)
     signature: ManifestSignature | None = None  # to record; None: read the manifest next time
     known_uuid: str | None = None
+    files_digest: str | None = None  # of on_disk, to record with the signature (None without one)
 
     @property
     def session_uuid(self) -> str:
@@ -172,6 +185,16 @@ class CatalogCopy:
     dir_name: str
     missing: bool
     signature: ManifestSignature | None = None
+    files_digest: str | None = None
+
+
+def files_unchanged(ds: DriveSession, copy: CatalogCopy | None) -> bool:
+    """Whether ``ds`` is, manifest and files, what the last reindex of ``copy`` checked:
+    its manifest not read again (its signature the recorded one) and the digest of its
+    files the recorded one. The catalog's images then still agree with the drive as that
+    reindex left them, since they change only with the manifest (an import writes both)."""
+    return (ds.manifest is None and ds.files_digest is not None and copy is not None
+            and copy.files_digest == ds.files_digest)
 
 
 @dataclass(frozen=True)
@@ -239,10 +262,10 @@ class ReindexPlan:
     size_flags: list[tuple[int, bool]] = field(default_factory=list)  # image id → mismatch now
     replicas: list[str] = field(default_factory=list)  # session UUIDs seen here as a replica
     notes: list[tuple[str, str]] = field(default_factory=list)  # (dir name, note)
-    # manifest signatures to record: by directory name for the copies inserted, by copy id
-    # for the existing copies whose recorded signature is not the one read
-    signatures: dict[str, ManifestSignature | None] = field(default_factory=dict)
-    signatures_changed: list[tuple[int, ManifestSignature | None]] = field(default_factory=list)
+    # (manifest signature, files digest) to record: by directory name for the copies
+    # inserted, by copy id for the existing copies whose recorded pair is not the one read
+    signatures: dict[str, CopySignature] = field(default_factory=dict)
+    signatures_changed: list[tuple[int, CopySignature]] = field(default_factory=list)
 
     @property
     def is_empty(self) -> bool:
@@ -380,6 +403,13 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
     return NewSession(session, photos, images, skipped, copy, note)
 
 
+def _recorded(ds: DriveSession, compared: bool) -> CopySignature:
+    """What a copy records of ``ds``: the digest of its files only where the catalog's
+    images were ``compared`` with them (a session at home here whose files are here), and
+    only with a manifest signature."""
+    return ds.signature, ds.files_digest if compared and ds.signature is not None else None
+
+
 def _str(v: Any, limit: int | None = None) -> str | None:
     if v is None:
         return None
@@ -401,7 +431,9 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
     - an image of a session at home here whose file size on disk is not the recorded one
       (or whose file is gone) is flagged, and un-flagged when it matches again; this holds
       for the sessions whose manifest was not read again too (their sizes are read);
-    - each copy here records the signature of the manifest as read (or None).
+    - each copy here records the signature of the manifest as read (or None), and with it,
+      where its images were compared with the drive's files, the digest of those files: the
+      next reindex compares them again only when either has changed (:func:`files_unchanged`).
 
     A session whose manifest was not read (``manifest`` None) must be in ``catalog``.
     """
@@ -409,13 +441,13 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
     on_drive: dict[str, DriveSession] = {ds.session_uuid: ds for ds in drive.sessions}
     for uuid_, ds in on_drive.items():
         cs = catalog.sessions.get(uuid_)
-        plan.signatures[ds.dir_name] = ds.signature
         if cs is None:
             if ds.manifest is None:
                 raise ValueError(f"{ds.dir_name}: manifest not read and session {uuid_} not in the catalog")
             home = _valid_uuid(ds.manifest.storage_id) or drive.storage_id
             new = _new_session(drive, ds, home)
             plan.new_sessions.append(new)
+            plan.signatures[ds.dir_name] = _recorded(ds, compared=home == drive.storage_id and new.session["copy_files"])
             if home != drive.storage_id:
                 plan.replicas.append(uuid_)
             if new.note:
@@ -428,10 +460,12 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
                 plan.sessions_replaced.append(cs.id)
                 fresh.session_id, fresh.image_ids = cs.id, {rel: v[0] for rel, v in cs.images.items()}
                 plan.new_sessions.append(fresh)
+                plan.signatures[ds.dir_name] = _recorded(ds, compared=True)
                 plan.notes.append((ds.dir_name, f"the manifest moved on ({cs.copy_status}, {cs.total_files} files → "
                                                  f"{fresh.session['copy_status']}, {fresh.session['total_files']} files): taken from the drive"))
                 continue
         copy = next((c for c in cs.copies if c.storage_id == drive.storage_id), None)
+        recorded = plan.signatures[ds.dir_name] = _recorded(ds, compared=is_home and cs.copy_files)
         if copy is None:
             plan.new_copies.append({"session_id": cs.id, "storage_id": drive.storage_id,
                                     "storage_directory_name": ds.dir_name, "missing": False})
@@ -441,14 +475,14 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
             plan.copies_seen.append(copy.id)
             if copy.dir_name != ds.dir_name:
                 plan.copies_renamed.append((copy.id, ds.dir_name))
-            if copy.signature != ds.signature:
-                plan.signatures_changed.append((copy.id, ds.signature))
+            if (copy.signature, copy.files_digest) != recorded:
+                plan.signatures_changed.append((copy.id, recorded))
         if is_home:
             if cs.missing:
                 plan.sessions_back.append(cs.id)
             if cs.dir_name != ds.dir_name:
                 plan.sessions_renamed.append((cs.id, ds.dir_name))
-            if cs.copy_files:
+            if cs.copy_files and not files_unchanged(ds, copy):
                 for rel, (image_id, size, flagged) in cs.images.items():
                     mismatch = ds.on_disk.get(rel) != size
                     if mismatch != flagged:
@@ -543,7 +577,7 @@ def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
     large archive, and no directory swapped for a symlink while walking is followed."""
     sizes: dict[str, int] = {}
     links: list[str] = []
-    is_partial = durable.is_partial_name
+    partial = durable.TEMP_PREFIX  # durable.is_partial_name, without a call per file
     try:
         top = os.open(files_dir, _DIR_FLAGS)
     except OSError:
@@ -557,7 +591,7 @@ def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
                     try:
                         if e.is_file(follow_symlinks=False):
                             name = e.name
-                            if not is_partial(name):
+                            if not name.startswith(partial):
                                 sizes[prefix + name] = e.stat(follow_symlinks=False).st_size
                         elif e.is_dir(follow_symlinks=False):
                             stack.append((prefix + e.name + "/", os.open(e.name, _DIR_FLAGS, dir_fd=fd)))
@@ -770,7 +804,8 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
                 if problem is not None:
                     rejected.append(problem)
                     continue
-                sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_))
+                sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_,
+                                             files_digest(on_disk) if signature is not None else None))
         yield DriveState(marker.storage_id, marker.label, tuple(sessions), present_dirs, present_uuid8), rejected
         del sessions, rejected, results  # the slice is the caller's now: nothing of it kept while reading the next
 
@@ -809,9 +844,10 @@ def _signature(size: int | None, mtime_ns: int | None, ctime_ns: int | None) -> 
     return None if size is None or mtime_ns is None or ctime_ns is None else (size, mtime_ns, ctime_ns)
 
 
-def _signature_columns(signature: ManifestSignature | None) -> dict[str, int | None]:
+def _signature_columns(recorded: CopySignature | None) -> dict[str, int | str | None]:
+    signature, digest = recorded or (None, None)
     size, mtime_ns, ctime_ns = signature or (None, None, None)
-    return {"manifest_size": size, "manifest_mtime_ns": mtime_ns, "manifest_ctime_ns": ctime_ns}
+    return {"manifest_size": size, "manifest_mtime_ns": mtime_ns, "manifest_ctime_ns": ctime_ns, "files_digest": digest}
 
 
 def _fetch_tuples(conn, stmt) -> list[tuple]:
@@ -863,7 +899,7 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
     rows = []
     copies: dict[int, list[CatalogCopy]] = defaultdict(list)
     images: dict[int, dict[str, tuple[int, int, bool]]] = defaultdict(dict)
-    on_drive = set(uuids)
+    on_drive = {ds.session_uuid: ds for ds in drive.sessions}
     for chunk in _chunks(id_list):
         rows += s.execute(select(ImportSession.id, ImportSession.storage_uuid, ImportSession.storage_id,
                                  ImportSession.storage_directory_name, ImportSession.missing,
@@ -872,11 +908,20 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                           .where(ImportSession.id.in_(chunk))).all()
         for c in s.execute(select(SessionCopy.id, SessionCopy.session_id, SessionCopy.storage_id,
                                   SessionCopy.storage_directory_name, SessionCopy.missing, SessionCopy.manifest_size,
-                                  SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns)
+                                  SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns, SessionCopy.files_digest)
                            .where(SessionCopy.session_id.in_(chunk))):
             copies[c.session_id].append(CatalogCopy(c.id, c.storage_id, c.storage_directory_name, bool(c.missing),
-                                                    _signature(c.manifest_size, c.manifest_mtime_ns, c.manifest_ctime_ns)))
-    home_here = {r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive and r.copy_files}
+                                                    _signature(c.manifest_size, c.manifest_mtime_ns, c.manifest_ctime_ns),
+                                                    c.files_digest))
+
+    def unchanged(r) -> bool:
+        copy = next((c for c in copies[r.id] if c.storage_id == drive.storage_id), None)
+        return files_unchanged(on_drive[r.storage_uuid], copy)
+
+    # the images of the sessions at home here, to compare with the sizes on the drive;
+    # not those whose files are as the last reindex checked them (most of them, usually)
+    home_here = {r.id for r in rows if r.storage_id == drive.storage_id and r.storage_uuid in on_drive and r.copy_files
+                 and not unchanged(r)}
     # every reindex of a large archive loads these: plain tuples, the paths' bytes decoded
     # here as FsPath does; only for the sessions of this slice of the drive
     decode = _fsdecoder()
@@ -1231,7 +1276,7 @@ def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState
             m, on_disk, problem, signature = _read_session_dir(os.path.join(root, ds.dir_name))
             if problem is not None:  # damaged since: left out now, read (and rejected) next time
                 continue
-            ds = DriveSession(ds.dir_name, m, on_disk, signature)
+            ds = DriveSession(ds.dir_name, m, on_disk, signature, files_digest=files_digest(on_disk) if signature is not None else None)
         sessions.append(ds)
     return DriveState(drive.storage_id, drive.label, tuple(sessions), drive.present_dirs, drive.present_uuid8)
 

@@ -542,6 +542,54 @@ def test_a_file_grown_in_place_is_flagged_though_its_manifest_is_unchanged(tmp_p
         assert s.scalars(select(Image.storage_relative_path).where(Image.size_mismatch)).all() == ["DCIM/100CANON/IMG_0002.JPG"]
 
 
+def test_images_are_compared_only_when_a_sessions_files_changed(tmp_path):
+    """The files' digest recorded by the last reindex stands for its comparison: while the
+    files list the same, the catalog's images are not loaded to compare again (shown here
+    by a size changed in the catalog alone, which is not noticed); once a file changes,
+    the session's images are compared, every one."""
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path)
+    sid, sdir = made[0]
+    with catalog.session() as s:
+        digests = dict(s.execute(select(SessionCopy.storage_directory_name, SessionCopy.files_digest)).all())
+        assert all(len(d) == 32 for d in digests.values()) and len(set(digests.values())) == 1  # same files, same digest
+        image = s.scalars(select(Image).join(ImportSession).where(ImportSession.storage_uuid == sid,
+                                                                  Image.storage_relative_path == "DCIM/100CANON/IMG_0001.JPG")).one()
+        image.file_size += 1  # the catalog alone now disagrees with the drive
+    report = reindex_path(config, catalog, str(root))
+    assert report.roots[0].size_mismatches == 0
+    with open(os.path.join(sdir, "files/DCIM/100CANON/IMG_0002.JPG"), "ab") as f:
+        f.write(b"grown")
+    report = reindex_path(config, catalog, str(root))
+    assert report.roots[0].size_mismatches == 2
+    with catalog.session() as s:
+        assert sorted(s.scalars(select(Image.storage_relative_path).where(Image.size_mismatch))) == [
+            "DCIM/100CANON/IMG_0001.JPG", "DCIM/100CANON/IMG_0002.JPG"]
+        new = s.scalar(select(SessionCopy.files_digest).where(SessionCopy.storage_directory_name == os.path.basename(sdir)))
+    assert new != digests[os.path.basename(sdir)]
+
+
+def test_plan_compares_images_unless_manifest_and_files_are_as_recorded():
+    m = manifest_value()
+    name = "20261124_import_trip_aaaaaaaa"
+    disk = {**on_disk_of(m), "DCIM/IMG_2.JPG": 8}  # grew on the drive
+    images = {rel: (i, size, False) for i, (rel, size) in enumerate(on_disk_of(m).items())}
+    sig = (100, 1, 1)
+
+    def plan(ds_digest, copy_digest, manifest=None):
+        ds = DriveSession(name, manifest, disk, sig, S1, ds_digest)
+        cs = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False, sig, copy_digest),), images)
+        return plan_reindex(drive(ds), CatalogState({S1: cs}))
+
+    assert plan("d1", "d1").is_empty  # as recorded: not compared
+    changed = plan("d2", "d1")
+    assert changed.size_flags == [(2, True)] and changed.signatures_changed == [(7, (sig, "d2"))]
+    assert plan("d1", None).size_flags == [(2, True)]  # nothing recorded yet
+    assert plan("d1", "d1", manifest=m).size_flags == [(2, True)]  # the manifest was read: it changed
+    replica = DriveSession(name, None, disk, sig, S1, "d1")
+    cs = CatalogSession(1, S1, ROOT_B, name, False, True, (CatalogCopy(7, ROOT_A, name, False, sig, None),))
+    assert plan_reindex(drive(replica), CatalogState({S1: cs})).is_empty  # a replica's files are not compared: no digest
+
+
 def test_an_unchanged_session_whose_files_became_a_symlink_is_rejected(tmp_path):
     import shutil
 
@@ -591,7 +639,7 @@ def test_a_manifest_written_a_moment_ago_is_not_trusted_to_stay_unchanged(tmp_pa
     catalog = Catalog.open(config)
     reindex_path(config, catalog, str(root))
     with catalog.session() as s:
-        assert s.scalar(select(SessionCopy.manifest_size)) is None
+        assert s.execute(select(SessionCopy.manifest_size, SessionCopy.files_digest)).one() == (None, None)
     reads = count_manifest_reads(monkeypatch)
     reindex_path(config, catalog, str(root))
     assert len(reads) == 1
@@ -628,7 +676,7 @@ def test_a_catalog_from_before_manifest_signatures_upgrades_and_reindexes(tmp_pa
     assert report.ok and reads == [] and counts(catalog) == before
     with catalog.session() as s:
         assert s.scalar(select(func.count()).select_from(Image).where(Image.size_mismatch)) == 1
-        assert all(c.manifest_size for c in s.scalars(select(SessionCopy)))
+        assert all(c.manifest_size and c.files_digest for c in s.scalars(select(SessionCopy)))
 
 
 def test_plan_takes_a_manifest_that_moved_on_but_not_one_an_importer_is_writing():

@@ -205,5 +205,10 @@ class SessionCopy(Base):
     manifest_size: Mapped[int | None] = mapped_column(BigInteger)
     manifest_mtime_ns: Mapped[int | None] = mapped_column(BigInteger)
     manifest_ctime_ns: Mapped[int | None] = mapped_column(BigInteger)
+    # A digest of the names and sizes of the files below the copy's files/ as that reindex
+    # listed them, when it checked the catalog's images against them: while the manifest's
+    # signature and this digest are unchanged, the images' flags still hold and a reindex
+    # does not load them to compare. NULL: compare them next time.
+    files_digest: Mapped[str | None] = mapped_column(String(32))
 
     session: Mapped[ImportSession] = relationship(back_populates="copies")
