@@ -21,7 +21,6 @@ drives: the same sessions, images, photos, skipped files and counts.
 from __future__ import annotations
 
 import gc
-import hashlib
 import os
 import re
 import sqlite3
@@ -49,6 +48,7 @@ from imalinkd.errors import ManifestError, StorageError
 from imalinkd.locate import discover_roots, root_health
 from imalinkd.plan import photo_key
 from imalinkd.sessions import importer_alive
+from imalinkd.walk import DigestHelper, files_digest, read_files_dir
 
 try:  # the media module's choice of a shot's best file, where it has one
     from imalinkd.media import best_member
@@ -133,14 +133,8 @@ class KnownManifest:
 
     session_uuid: str
     signature: ManifestSignature
-
-
-def files_digest(on_disk: Mapping[str, int]) -> str:
-    """A digest of a session's files as listed (:func:`_walk_files`): names, sizes and the
-    order the walk met them in. The same files listed the same way give the same digest;
-    anything else (a size, a name, a file added or gone, even only the order of a directory
-    rewritten) gives another, which only costs a comparison of every size."""
-    return hashlib.blake2b(repr(on_disk).encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+    files_digest: str | None = None  # of its files, where the catalog compared its images with them
+    files: int = 0  # as many as the catalog knows of: what listing them will cost
 
 
 @dataclass(frozen=True)
@@ -149,11 +143,13 @@ class DriveSession:
 
     ``manifest`` is None when the manifest was not read again because its signature is the
     one the catalog recorded (:func:`read_drive`); ``known_uuid`` then names the session.
-    ``on_disk`` is always read from the drive."""
+    ``on_disk`` is always read from the drive, but None when it was listed by a helper
+    process, which found it as the catalog recorded (``files_digest``): its sizes are not
+    needed then, since the images need no comparing (:func:`files_unchanged`)."""
 
     dir_name: str
     manifest: mf.SessionManifest | None
-    on_disk: Mapping[str, int]  # path below files/ → size, regular files only (no partials)
+    on_disk: Mapping[str, int] | None  # path below files/ → size, regular files only (no partials)
     signature: ManifestSignature | None = None  # to record; None: read the manifest next time
     known_uuid: str | None = None
     files_digest: str | None = None  # of on_disk, to record with the signature (None without one)
@@ -563,49 +559,6 @@ class ReindexReport:
 # --- reading a drive --------------------------------------------------------------------------
 
 
-_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-
-
-def _walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
-    """Sizes of the regular files below ``files_dir`` by relative path, never following a
-    symlink, and the symlinks met (relative paths).
-
-    One ``scandir`` per directory, whose entry types come with the listing, and one
-    ``lstat`` per regular file for its size: the least a size check can cost. Each
-    directory is opened (``O_NOFOLLOW``) and listed by descriptor, so each ``lstat`` is
-    relative to it (``fstatat``): no path resolved again from the top, a fifth faster on a
-    large archive, and no directory swapped for a symlink while walking is followed."""
-    sizes: dict[str, int] = {}
-    links: list[str] = []
-    partial = durable.TEMP_PREFIX  # durable.is_partial_name, without a call per file
-    try:
-        top = os.open(files_dir, _DIR_FLAGS)
-    except OSError:
-        return sizes, links
-    stack = [("", top)]
-    while stack:
-        prefix, fd = stack.pop()
-        try:
-            with os.scandir(fd) as it:
-                for e in it:
-                    try:
-                        if e.is_file(follow_symlinks=False):
-                            name = e.name
-                            if not name.startswith(partial):
-                                sizes[prefix + name] = e.stat(follow_symlinks=False).st_size
-                        elif e.is_dir(follow_symlinks=False):
-                            stack.append((prefix + e.name + "/", os.open(e.name, _DIR_FLAGS, dir_fd=fd)))
-                        elif e.is_symlink():
-                            links.append(prefix + e.name)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-        finally:
-            os.close(fd)
-    return sizes, links
-
-
 # A manifest modified less than this long before it was stat-ed may be modified again
 # without its mtime changing (FAT keeps mtimes to 2 s), so its signature is not recorded and
 # the next reindex reads it again. Git's "racily clean" index entries, for the same reason.
@@ -654,17 +607,9 @@ def _read_session_dir(path: str, known: ManifestSignature | None = None) -> Sess
         except OSError as e:
             return None, None, (os.path.join(path, mf.FILENAME), f"cannot be read: {e.strerror or e}"), None
     files_dir = os.path.join(path, "files")
-    try:
-        fst = os.lstat(files_dir)
-    except FileNotFoundError:
-        fst = None
-    except OSError as e:
-        return m, None, (files_dir, f"cannot be read: {e.strerror}"), signature
-    if fst is not None and stat.S_ISLNK(fst.st_mode):
-        return m, None, (files_dir, "files/ is a symbolic link; not followed"), signature
-    on_disk: dict[str, int] = {}
-    if fst is not None and stat.S_ISDIR(fst.st_mode):
-        on_disk, _links = _walk_files(files_dir)
+    on_disk, problem = read_files_dir(files_dir)
+    if problem is not None:
+        return m, None, (files_dir, problem), signature
     return m, on_disk, None, signature
 
 
@@ -709,6 +654,53 @@ def _read_dirs(dirs: list[str], signatures: list[ManifestSignature | None], thre
     return results
 
 
+# Where a slice's known sessions, those whose manifest and files the catalog recorded
+# (KnownManifest.files_digest), hold at least this many files, about half of them are
+# listed by a helper process (walk.DigestHelper) on the other core while this one reads the
+# rest: a known session whose files still give the recorded digest needs nothing more.
+HELPER_FILES = 20_000
+
+
+def _read_shared(dirs: list[str], knowns: list[KnownManifest | None], threads: int,
+                 done: Callable[[int], None], helper_files: int | None) -> list[SessionRead]:
+    """``_read_session_dir`` over ``dirs`` (whose catalog records are ``knowns``), in
+    order, with a helper process listing part of them (see HELPER_FILES).
+
+    A directory goes to the helper only if its manifest's signature, taken here first, is
+    the recorded one; what comes back is compared with the recorded digest. When they are
+    equal its SessionRead has no sizes (``on_disk`` None), and its files need no comparing;
+    otherwise, or if the helper failed, the directory is read here as any other."""
+    signatures = [k.signature if k is not None else None for k in knowns]
+    offered = [i for i, k in enumerate(knowns) if k is not None and k.files_digest is not None]
+    if helper_files is None or sum(knowns[i].files for i in offered) < helper_files:
+        return _read_dirs(dirs, signatures, threads, done)
+    now = time.time_ns()
+    taken: dict[int, ManifestSignature] = {}
+    mine = helper = 0  # files given to each side: the helper gets each session while it has fewer
+    for i in offered:
+        k = knowns[i]
+        if helper < mine and manifest_signature(os.path.join(dirs[i], mf.FILENAME), now) == k.signature:
+            taken[i] = k.signature
+            helper += k.files
+        else:
+            mine += k.files
+    if not taken:
+        return _read_dirs(dirs, signatures, threads, done)
+    listing = DigestHelper([os.path.join(dirs[i], "files") for i in taken])
+    here = [i for i in range(len(dirs)) if i not in taken]
+    results: list[SessionRead | None] = [None] * len(dirs)
+    for i, r in zip(here, _read_dirs([dirs[i] for i in here], [signatures[i] for i in here], threads, done)):
+        results[i] = r
+    digests = listing.results() or [None] * len(taken)
+    for (i, signature), digest in zip(taken.items(), digests):
+        if digest is not None and digest == knowns[i].files_digest:
+            results[i] = (None, None, None, signature)
+        else:  # changed since (or the helper failed): read here, as any other
+            results[i] = _read_session_dir(dirs[i], signature)
+    done(len(dirs))
+    return results
+
+
 # A large drive is read, planned and written a slice of session directories at a time, so
 # that a rebuild of a million files does not hold every manifest and every new row in
 # memory at once (about 2 kB per file); a slice is cut where the manifests still to be read
@@ -719,28 +711,31 @@ SLICE_BYTES = 64 * 1024 * 1024
 @gc_paused()
 def read_drive(root: str, marker: storage.Marker, threads: int = READ_THREADS,
                known: Mapping[str, KnownManifest] | None = None,
-               progress: Progress = None) -> tuple[DriveState, list[tuple[str, str]]]:
+               progress: Progress = None, helper_files: int | None = HELPER_FILES) -> tuple[DriveState, list[tuple[str, str]]]:
     """Read every session directory of the root at ``root``. Returns the drive's state and
     the rejected items ``(path, reason)``. Nothing outside ``root`` is read. ``progress``
     is told how many session directories are read, as they are.
 
     ``known`` maps directory names to what the catalog recorded of their manifests: a
     manifest whose signature is still that one is not read again (its session is the
-    recorded one); with ``known`` None or empty, every manifest is read."""
+    recorded one); with ``known`` None or empty, every manifest is read. Where the catalog
+    recorded the files too, a helper process may list some of them (``helper_files``, see
+    HELPER_FILES): those found as recorded come with no sizes (``on_disk`` None)."""
     try:
-        return next(read_drive_slices(root, marker, threads, known, progress, slice_bytes=None))
+        return next(read_drive_slices(root, marker, threads, known, progress, slice_bytes=None, helper_files=helper_files))
     except StorageError as e:
         return DriveState(marker.storage_id, marker.label, (), frozenset()), [(root, e.fields["message"])]
 
 
 def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THREADS,
                       known: Mapping[str, KnownManifest] | None = None, progress: Progress = None,
-                      slice_bytes: int | None = SLICE_BYTES) -> Iterator[tuple[DriveState, list[tuple[str, str]]]]:
+                      slice_bytes: int | None = SLICE_BYTES,
+                      helper_files: int | None = HELPER_FILES) -> Iterator[tuple[DriveState, list[tuple[str, str]]]]:
     """:func:`read_drive` a slice at a time (see SLICE_BYTES; None: one slice): yields
     each slice's state and rejected items, in directory-name order. Each state's
     ``present_dirs`` are the whole root's, so that no slice takes the sessions of another
     for missing; a session read in an earlier slice is rejected in a later one, as it
-    would be in one read."""
+    would be in one read. ``helper_files``: see HELPER_FILES (None: no helper)."""
     known = known or {}
     seen_uuids: dict[str, str] = {}
     try:
@@ -773,8 +768,7 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
     for part in _slices(items, known, slice_bytes):
         with gc_paused():
             dirs = [it.path for it in part if isinstance(it, os.DirEntry)]
-            signatures = [known[it.name].signature if it.name in known else None
-                          for it in part if isinstance(it, os.DirEntry)]
+            knowns = [known.get(it.name) for it in part if isinstance(it, os.DirEntry)]
             before = report.files_done
 
             def done(n: int) -> None:
@@ -782,7 +776,7 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
                     report.files_done = before + n
                     progress(report)
 
-            results = iter(_read_dirs(dirs, signatures, threads, done))
+            results = iter(_read_shared(dirs, knowns, threads, done, helper_files))
             report.files_done = before + len(dirs)
             sessions: list[DriveSession] = []
             rejected: list[tuple[str, str]] = []
@@ -804,8 +798,8 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
                 if problem is not None:
                     rejected.append(problem)
                     continue
-                sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_,
-                                             files_digest(on_disk) if signature is not None else None))
+                digest = None if signature is None else files_digest(on_disk) if on_disk is not None else known[item.name].files_digest
+                sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_, digest))
         yield DriveState(marker.storage_id, marker.label, tuple(sessions), present_dirs, present_uuid8), rejected
         del sessions, rejected, results  # the slice is the caller's now: nothing of it kept while reading the next
 
@@ -872,14 +866,15 @@ def load_known_manifests(s, storage_id: str) -> dict[str, KnownManifest]:
     """What the catalog recorded of the manifests of its copies on the root ``storage_id``,
     by directory name: the manifests :func:`read_drive` need not read again."""
     rows = s.execute(select(SessionCopy.storage_directory_name, ImportSession.storage_uuid, SessionCopy.manifest_size,
-                            SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns)
+                            SessionCopy.manifest_mtime_ns, SessionCopy.manifest_ctime_ns, SessionCopy.files_digest,
+                            ImportSession.total_files)
                      .join(ImportSession, ImportSession.id == SessionCopy.session_id)
                      .where(SessionCopy.storage_id == storage_id, SessionCopy.manifest_size.is_not(None)))
     known = {}
-    for name, uuid_, size, mtime_ns, ctime_ns in rows:
+    for name, uuid_, size, mtime_ns, ctime_ns, digest, files in rows:
         signature = _signature(size, mtime_ns, ctime_ns)
         if signature is not None:
-            known[name] = KnownManifest(uuid_, signature)
+            known[name] = KnownManifest(uuid_, signature, digest, files or 0)
     return known
 
 
@@ -1266,8 +1261,17 @@ def _claimed_elsewhere(catalog: Catalog, config, found: storage.FoundRoot) -> st
 
 def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState:
     """``drive`` with the manifests read again of the sessions that were not read because
-    the catalog knew them, but that the catalog no longer has (removed from it meanwhile)."""
-    stale = {ds.dir_name for ds in drive.sessions if ds.manifest is None and ds.session_uuid not in state.sessions}
+    the catalog knew them, but that the catalog no longer has (removed from it meanwhile),
+    and the files of those listed without their sizes, if the catalog's record of them
+    changed meanwhile (another reindex)."""
+
+    def is_stale(ds: DriveSession) -> bool:
+        cs = state.sessions.get(ds.session_uuid)
+        if ds.manifest is None and cs is None:
+            return True
+        return ds.on_disk is None and not files_unchanged(ds, next((c for c in cs.copies if c.storage_id == drive.storage_id), None))
+
+    stale = {ds.dir_name for ds in drive.sessions if is_stale(ds)}
     if not stale:
         return drive
     sessions = []
@@ -1318,7 +1322,7 @@ def _index_slices(catalog: Catalog, found: storage.FoundRoot, known: Mapping[str
                   progress: Progress, report: ReindexReport, rr: RootReport) -> None:
     """Read, plan and write the root a slice at a time, adding up into ``report`` and ``rr``."""
     for drive, rejected in read_drive_slices(found.path, found.marker, known=known, progress=progress,
-                                             slice_bytes=SLICE_BYTES):
+                                             slice_bytes=SLICE_BYTES, helper_files=HELPER_FILES):
         report.rejected += rejected
         if verify:
             checked, damaged = _verify_drive(found.path, drive, progress)

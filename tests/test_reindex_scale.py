@@ -13,10 +13,10 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from imalinkd import durable, manifest as mf, paths, storage
+from imalinkd import durable, manifest as mf, paths, reindex, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile
 from imalinkd.errors import ManifestError
-from imalinkd.reindex import _walk_files, apply_plan, load_catalog_state, plan_reindex, read_drive, reindex_path
+from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, read_drive, reindex_path
 from test_reindex import config_for, make_root, make_session
 
 SHA = "ab" * 32
@@ -127,7 +127,6 @@ def build_mixed_drive(root):
 
 @pytest.mark.parametrize("threaded_faster", [False, True])
 def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_path, monkeypatch, threaded_faster):
-    import imalinkd.reindex as reindex
 
     root = tmp_path / "archive"
     marker = build_mixed_drive(root)
@@ -161,19 +160,6 @@ def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_
     assert any("files/ is a symbolic link" in r for _, r in rejected)
 
 
-def test_walk_gives_sizes_of_regular_files_only(tmp_path):
-    files = tmp_path / "files"
-    (files / "a" / "b").mkdir(parents=True)
-    (files / "a" / "b" / "x.JPG").write_bytes(b"12345")
-    (files / "top.CR3").write_bytes(b"1")
-    (files / "link.JPG").symlink_to(files / "top.CR3")
-    (files / "dirlink").symlink_to(tmp_path)
-    (files / "a" / (durable.TEMP_PREFIX + "x.JPG")).write_bytes(b"a copy not yet committed")
-    sizes, links = _walk_files(str(files))
-    assert sizes == {"a/b/x.JPG": 5, "top.CR3": 1}
-    assert sorted(links) == ["dirlink", "link.JPG"]
-
-
 # --- writing the catalog ------------------------------------------------------------------------------
 
 TABLES = (ImportSession, Photo, Image, SkippedFile, SessionCopy)
@@ -189,7 +175,6 @@ def dump(catalog):
 
 @pytest.mark.parametrize("bulk_rows", [5000, 1])
 def test_dbapi_inserts_store_the_same_rows_as_core_inserts(tmp_path, monkeypatch, bulk_rows):
-    import imalinkd.reindex as reindex
 
     monkeypatch.setattr(reindex, "_BULK_ROWS", bulk_rows)  # 1: the indexes are dropped and built again
     root = tmp_path / "archive"
@@ -214,7 +199,6 @@ def test_dbapi_inserts_store_the_same_rows_as_core_inserts(tmp_path, monkeypatch
 
 
 def test_bulk_inserts_after_existing_rows_keep_ids_and_indexes(tmp_path, monkeypatch):
-    import imalinkd.reindex as reindex
 
     monkeypatch.setattr(reindex, "_BULK_ROWS", 1)
     a, b = tmp_path / "a", tmp_path / "b"
@@ -237,7 +221,6 @@ def test_bulk_inserts_after_existing_rows_keep_ids_and_indexes(tmp_path, monkeyp
 
 
 def test_a_failed_bulk_insert_leaves_the_catalog_and_its_indexes_as_they_were(tmp_path, monkeypatch):
-    import imalinkd.reindex as reindex
 
     monkeypatch.setattr(reindex, "_BULK_ROWS", 1)
     root = tmp_path / "archive"
@@ -298,7 +281,6 @@ COPIED_AT = ["2026-11-24T12:00:00Z", "2026-11-24T12:00:00+02:00", "2026-11-24T23
 
 
 def test_timestamps_stored_by_dbapi_inserts_are_those_core_inserts_store(tmp_path):
-    import imalinkd.reindex as reindex
 
     root = tmp_path / "archive"
     marker = make_root(root)
@@ -367,7 +349,6 @@ def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
 def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp_path, monkeypatch):
     import shutil
 
-    import imalinkd.reindex as reindex
     from imalinkd.reindex import read_drive_slices
 
     root = tmp_path / "archive"
@@ -447,3 +428,53 @@ def test_a_session_whose_manifest_moved_on_keeps_its_id_and_its_images_ids(tmp_p
         assert (row.id, row.copy_status, row.total_files) == (session_id, "completed", 4)
         assert {rel: after[rel] for rel in before} == before and len(after) == 4
         assert s.scalar(select(func.count()).select_from(Image)) == 5
+
+
+# --- a helper process listing part of a known drive ----------------------------------------------
+
+
+def test_a_known_drive_is_listed_partly_by_a_helper_with_the_same_outcome(tmp_path, monkeypatch):
+    from test_reindex import indexed_settled_archive
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path, sessions=6)
+    with catalog.session() as s:
+        known = load_known_manifests(s, marker.storage_id)
+    assert len(known) == 6 and all(k.files_digest and k.files == 3 for k in known.values())
+    alone, _ = read_drive(str(root), marker, known=known, helper_files=None)
+    shared, rejected = read_drive(str(root), marker, known=known, helper_files=0)
+    listed_there = {ds.dir_name for ds in shared.sessions if ds.on_disk is None}
+    assert len(listed_there) == 3 and not rejected
+    assert [(ds.dir_name, ds.signature, ds.files_digest) for ds in shared.sessions] == [
+        (ds.dir_name, ds.signature, ds.files_digest) for ds in alone.sessions]
+
+    # a file grown in place in a session the helper lists: read here after all, and flagged
+    grown = sorted(listed_there)[0]
+    victim = os.path.join(str(root), grown, "files/DCIM/100CANON/IMG_0002.JPG")
+    with open(victim, "ab") as f:
+        f.write(b"grown")
+    monkeypatch.setattr(reindex, "HELPER_FILES", 0)
+    report = reindex_path(config, catalog, str(root))
+    assert report.ok and report.roots[0].size_mismatches == 1 and report.roots[0].manifests_read == 0
+    with catalog.session() as s:
+        flagged = s.execute(select(ImportSession.storage_directory_name, Image.storage_relative_path)
+                            .join(Image.session).where(Image.size_mismatch)).all()
+    assert flagged == [(grown, "DCIM/100CANON/IMG_0002.JPG")]
+
+
+def test_files_listed_by_the_helper_are_read_again_if_the_catalog_changed_meanwhile(tmp_path):
+    from test_reindex import indexed_settled_archive
+
+    root, marker, made, config, catalog = indexed_settled_archive(tmp_path, sessions=2)
+    with catalog.session() as s:
+        known = load_known_manifests(s, marker.storage_id)
+    drive, _ = read_drive(str(root), marker, known=known, helper_files=0)
+    (ds,) = [ds for ds in drive.sessions if ds.on_disk is None]
+    with catalog.session() as s:  # another reindex recorded something else meanwhile
+        copy = s.scalars(select(SessionCopy).where(SessionCopy.storage_directory_name == ds.dir_name)).one()
+        copy.files_digest = "0" * 32
+        image = s.scalars(select(Image).where(Image.session_id == copy.session_id)).first()
+        image.file_size += 1
+    _drive, plan = reindex._index_slice(catalog, storage.FoundRoot(str(root), marker), drive, {}, False)
+    assert plan.size_flags == [(image.id, True)]
+    with catalog.session() as s:
+        assert s.scalar(select(SessionCopy.files_digest).where(SessionCopy.id == copy.id)) == ds.files_digest
