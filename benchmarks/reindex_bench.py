@@ -6,20 +6,23 @@ prints each time and its ratio to find (the target is at most 3x):
 
 - *no change*: the archive reindexed again into the catalog that already holds it, the
   common case (the daemon reindexes a drive each time it is plugged in). Manifests are not
-  read again, but every file's size is (one ``lstat`` each, against the catalog's sizes);
+  read again, but every file's size is (one ``lstat`` each; about half of them in a helper
+  process), and a session's images are compared with the catalog only if its files
+  changed;
 - *fresh catalog*: the catalog rebuilt from nothing (every manifest read and parsed);
 - warm: the page cache holds the tree (one untimed ``find`` first); cold: the page cache is
   dropped before each timed run, as for a drive just plugged in (root only; it affects the
   whole machine's cache for a moment; ``--warm-only`` skips it);
+- each time, find's included, is the best of ``--repeat`` rounds (default 3);
 - then, warm, the time of each stage of both kinds of reindex.
 
 The manifests are made older than ``reindex.RACY_NS`` before the first reindex, as on any
 drive whose imports ended more than a moment ago (a manifest younger than that is read
-again each time, by design). A last row per cache state times C tools reading just what any reindex must read (each
-file's size and each manifest): the floor under both kinds. Exit status 0 when every
+again each time, by design). A last row per cache state times C tools reading just what
+any reindex must read (each file's size and each manifest): the floor under both kinds. Exit status 0 when every
 reindex catalogued the whole archive; the verdicts against the target are printed.
 
-    python benchmarks/reindex_bench.py [--sessions 1000] [--files 100] [--dir DIR] [--keep] [--warm-only]
+    python benchmarks/reindex_bench.py [--sessions 1000] [--files 100] [--repeat 3] [--dir DIR] [--keep] [--warm-only]
 """
 
 from __future__ import annotations
@@ -136,6 +139,21 @@ def stages(catalog, root: str) -> dict[str, float]:
     return times
 
 
+def timed(prepare, fn) -> tuple[float, str]:
+    """``fn()`` (which returns its seconds and a detail) after an untimed ``prepare()``."""
+    prepare()
+    return fn()
+
+
+def best(repeat: int, prepare, fn) -> float:
+    """The least of ``repeat`` timings of ``fn()`` (seconds), each after ``prepare()``."""
+    times = []
+    for _ in range(repeat):
+        prepare()
+        times.append(fn())
+    return min(times)
+
+
 def verdict(ratio: float) -> str:
     return f"{ratio:5.2f}x find (target <= {TARGET:.0f}x) {'OK' if ratio <= TARGET else 'OVER TARGET'}"
 
@@ -164,6 +182,7 @@ def main() -> int:
     ap.add_argument("--dir", help="where to build the archive (default: a temporary directory)")
     ap.add_argument("--keep", action="store_true", help="keep the archive and catalogs afterwards")
     ap.add_argument("--warm-only", action="store_true", help="skip the cold-cache runs (they need root)")
+    ap.add_argument("--repeat", type=int, default=3, help="rounds of each timing, the best one kept (default 3)")
     args = ap.parse_args()
     cold = not args.warm_only and os.geteuid() == 0
     base = tempfile.mkdtemp(prefix="imalinkd-bench-", dir=args.dir)
@@ -182,36 +201,32 @@ def main() -> int:
         settle(root)
         os.sync()  # the build's writeback done before anything is timed
         rows: list[tuple[str, str, float, float, str]] = []  # (cache, kind, seconds, find seconds, detail)
-        # warm: one untimed find fills the cache the same way for both
-        time_find(root)
-        t_find, count = time_find(root)
-        config, catalog = fresh_catalog(base, "catalog-warm", root)
-        seconds, detail = run(catalog, config, root)
-        added = catalog_images(catalog)
-        rows.append(("warm", "fresh catalog", seconds, t_find, detail))
-        t_find, count = time_find(root)
-        seconds, detail = run(catalog, config, root)
-        rows.append(("warm", "no change", seconds, t_find, detail))
-        t_find, _ = time_find(root)
-        rows.append(("warm", "C floor", time_floor(root), t_find, "find -printf %s + cat of the manifests: the reading alone"))
-        ok = added == n and count == str(n + 1 + args.sessions)
-        if cold:
-            drop_caches()
-            c_find, _ = time_find(root)
-            drop_caches()
-            config_c, catalog_c = fresh_catalog(base, "catalog-cold", root)
-            seconds, detail = run(catalog_c, config_c, root)
-            rows.append(("cold", "fresh catalog", seconds, c_find, detail))
-            drop_caches()
-            c_find, _ = time_find(root)
-            drop_caches()
-            seconds, detail = run(catalog_c, config_c, root)
-            rows.append(("cold", "no change", seconds, c_find, detail))
-            catalog_c.close()
-            drop_caches()
-            c_find, _ = time_find(root)
-            drop_caches()
-            rows.append(("cold", "C floor", time_floor(root), c_find, "find -printf %s + cat of the manifests: the reading alone"))
+        caches = ["warm"] + (["cold"] if cold else [])
+        catalogs = []
+        for cache in caches:
+            # each time the best of --repeat rounds, find's too: the quickest round is the one
+            # least disturbed by the rest of the machine, for either side
+            # before each round: nothing left to write back (the catalogs written before), and
+            # the cache as the round wants it (warm: one untimed find fills it)
+            prepare = drop_caches if cache == "cold" else (lambda: (os.sync(), time_find(root)))
+            t_find = best(args.repeat, prepare, lambda: time_find(root)[0])
+            fresh = []
+            for i in range(args.repeat):
+                fresh.append(fresh_catalog(base, f"catalog-{cache}-{i}", root))
+            seconds, detail = min(timed(prepare, lambda: run(c, config, root)) for config, c in fresh)
+            added = [catalog_images(c) for _config, c in fresh]
+            ok = ok and added == [n] * args.repeat
+            rows.append((cache, "fresh catalog", seconds, t_find, detail))
+            config, catalog = fresh[0]
+            seconds, detail = min(timed(prepare, lambda: run(catalog, config, root)) for _ in range(args.repeat))
+            rows.append((cache, "no change", seconds, t_find, detail))
+            rows.append((cache, "C floor", best(args.repeat, prepare, lambda: time_floor(root)), t_find,
+                         "find -printf %s + cat of the manifests: the reading alone"))
+            for _config, c in fresh[1:]:
+                c.close()
+            catalogs.append(catalog)
+        count = time_find(root)[1]
+        ok = ok and count == str(n + 1 + args.sessions)
 
         print(f"\n== reindex of {n} files in {args.sessions} sessions vs find ROOT -type f | wc -l ({count} entries) ==")
         for cache, kind, seconds, find_s, detail in rows:
@@ -224,12 +239,14 @@ def main() -> int:
 
         time_find(root)
         t_find, _ = time_find(root)
-        for title, cat in (("fresh catalog", fresh_catalog(base, "catalog-stages", root)[1]), ("no change", catalog)):
+        for title, cat in (("fresh catalog", fresh_catalog(base, "catalog-stages", root)[1]), ("no change", catalogs[0])):
             print(f"\n== stages, {title} (warm page cache; find {t_find:.3f} s) ==")
             times = stages(cat, root)
             for name, seconds in times.items():
                 print(f"{name:<52} {seconds:6.3f} s  {seconds / t_find:5.1f}x find")
             print(f"{'total':<52} {sum(times.values()):6.3f} s  {sum(times.values()) / t_find:5.1f}x find")
+            cat.close()
+        for cat in catalogs[1:]:
             cat.close()
         return 0 if ok else 1
     finally:
