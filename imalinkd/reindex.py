@@ -7,7 +7,10 @@ The drive is the truth and the catalog a cache (DESIGN §1). Reindexing is three
    hashing, no symlink followed. Whatever is hostile or damaged is rejected by name and
    the rest is read. A manifest whose size, mtime and ctime are those the catalog recorded
    when it last read it is not read again (the common case: a drive plugged in again);
-   the file sizes always are, since a file can change size in place;
+   the file sizes always are, since a file can change size in place, but a session's
+   images are compared with them only when the digest of its files differs from the one
+   recorded (:func:`files_unchanged`). On a large known drive a helper process lists about
+   half of the sessions (HELPER_FILES, :mod:`imalinkd.walk`);
 2. *plan* (:func:`plan_reindex`): a pure diff between those values and the catalog's state
    for this root, giving a :class:`ReindexPlan`;
 3. *apply* (:func:`apply_plan`): one transaction with bulk inserts.
@@ -689,9 +692,11 @@ def _read_shared(dirs: list[str], knowns: list[KnownManifest | None], threads: i
     listing = DigestHelper([os.path.join(dirs[i], "files") for i in taken])
     here = [i for i in range(len(dirs)) if i not in taken]
     results: list[SessionRead | None] = [None] * len(dirs)
-    for i, r in zip(here, _read_dirs([dirs[i] for i in here], [signatures[i] for i in here], threads, done)):
-        results[i] = r
-    digests = listing.results() or [None] * len(taken)
+    try:
+        for i, r in zip(here, _read_dirs([dirs[i] for i in here], [signatures[i] for i in here], threads, done)):
+            results[i] = r
+    finally:  # the helper is waited for even if reading here failed: no process left behind
+        digests = listing.results() or [None] * len(taken)
     for (i, signature), digest in zip(taken.items(), digests):
         if digest is not None and digest == knowns[i].files_digest:
             results[i] = (None, None, None, signature)
