@@ -1,5 +1,6 @@
 """Portable archives on a real ext4 loop image: import, unplug, plug in at another path,
-reindex, rebuild a lost catalog, replicas on a second image, storage health.
+reindex, rebuild a lost catalog, replicas on a second image, storage health; and a known
+archive on an exFAT image, reindexed with the listing helper.
 
 Needs root (loop devices, mounts): skipped with a reason otherwise, never under CI=true.
 Every mount made here is unmounted (and its loop device detached) in teardown."""
@@ -15,9 +16,11 @@ from sqlalchemy import func, select
 
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy
 from imalinkd.locate import resolve_root, scan_locations, session_path, storage_status, update_storage_path
-from imalinkd.reindex import reindex_path
+from imalinkd import reindex
+from imalinkd.reindex import load_known_manifests, read_drive, reindex_path
 
-from test_reindex import build_hostile_drive, config_for, make_root
+from mounts import exfat_mount, make_exfat_image
+from test_reindex import SHOT_FILES, age_manifests, build_hostile_drive, config_for, make_root, make_session
 
 pytestmark = [pytest.mark.root, pytest.mark.slow]
 
@@ -219,3 +222,40 @@ def test_scan_locations_reports_health_and_manual_override(tmp_path, images):
     assert storage_status(by_id, catalog, sid)["storage_accessible"] is True
     low = config_for(tmp_path, storage_id=storage_id, free_space_warning_percent=100.0)
     assert storage_status(low, catalog, sid)["storage_health"]["low_space"] is True
+
+
+def test_a_known_exfat_archive_is_listed_partly_by_the_helper_and_a_grown_file_flagged(tmp_path, monkeypatch):
+    """An archive drive formatted exFAT (as many portable drives come), through FUSE: what a
+    reindex records of its manifests and files holds there too (2 s mtimes, no inode
+    ctime of its own), and the helper process lists it as this process would."""
+    image = make_exfat_image(tmp_path / "t7.img", label="T7")
+    with exfat_mount(image, tmp_path / "mnt", readonly=False) as mnt:
+        root = mnt / "photos"
+        marker = make_root(root)
+        made = [make_session(root, marker, description=f"trip{i}") for i in range(4)]
+        age_manifests(root)
+        config = config_for(tmp_path, root)
+        catalog = Catalog.open(config)
+        try:
+            assert reindex_path(config, catalog, str(root)).roots[0].manifests_read == 4
+            with catalog.session() as s:
+                known = load_known_manifests(s, marker.storage_id)
+            assert len(known) == 4 and all(k.files_digest for k in known.values())
+            drive, rejected = read_drive(str(root), marker, known=known, helper_files=0)
+            assert not rejected and sum(ds.on_disk is None for ds in drive.sessions) == 2
+
+            monkeypatch.setattr(reindex, "HELPER_FILES", 0)
+            report = reindex_path(config, catalog, str(root))
+            assert report.ok and (report.roots[0].manifests_read, report.roots[0].size_mismatches) == (0, 0)
+            for _sid, sdir in made:  # one file grown in place in every session, the helper's too
+                with open(os.path.join(sdir, "files", "DCIM/100CANON/IMG_0001.JPG"), "ab") as f:
+                    f.write(b"grown")
+            report = reindex_path(config, catalog, str(root))
+            assert report.ok and (report.roots[0].manifests_read, report.roots[0].size_mismatches) == (0, 4)
+            for _sid, sdir in made:
+                os.truncate(os.path.join(sdir, "files", "DCIM/100CANON/IMG_0001.JPG"), len(SHOT_FILES["DCIM/100CANON/IMG_0001.JPG"]))
+            reindex_path(config, catalog, str(root))
+            with catalog.session() as s:
+                assert s.scalar(select(func.count()).select_from(Image).where(Image.size_mismatch)) == 0
+        finally:
+            catalog.close()
