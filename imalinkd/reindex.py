@@ -692,8 +692,12 @@ def _read_shared(dirs: list[str], knowns: list[KnownManifest | None], threads: i
     listing = DigestHelper([os.path.join(dirs[i], "files") for i in taken])
     here = [i for i in range(len(dirs)) if i not in taken]
     results: list[SessionRead | None] = [None] * len(dirs)
+    # progress in proportion: the helper lists its share meanwhile, and says nothing until done
+    def done_here(n: int) -> None:
+        done(n * len(dirs) // max(len(here), 1))
+
     try:
-        for i, r in zip(here, _read_dirs([dirs[i] for i in here], [signatures[i] for i in here], threads, done)):
+        for i, r in zip(here, _read_dirs([dirs[i] for i in here], [signatures[i] for i in here], threads, done_here)):
             results[i] = r
     finally:  # the helper is waited for even if reading here failed: no process left behind
         digests = listing.results() or [None] * len(taken)

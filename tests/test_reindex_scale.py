@@ -441,7 +441,10 @@ def test_a_known_drive_is_listed_partly_by_a_helper_with_the_same_outcome(tmp_pa
         known = load_known_manifests(s, marker.storage_id)
     assert len(known) == 6 and all(k.files_digest and k.files == 3 for k in known.values())
     alone, _ = read_drive(str(root), marker, known=known, helper_files=None)
-    shared, rejected = read_drive(str(root), marker, known=known, helper_files=0)
+    progress: list[int] = []
+    shared, rejected = read_drive(str(root), marker, known=known, helper_files=0,
+                                  progress=lambda p: progress.append(p.files_done))
+    assert progress == sorted(progress) and progress[-1] == 6  # in proportion while the helper lists
     listed_there = {ds.dir_name for ds in shared.sessions if ds.on_disk is None}
     assert len(listed_there) == 3 and not rejected
     assert [(ds.dir_name, ds.signature, ds.files_digest) for ds in shared.sessions] == [
