@@ -434,7 +434,9 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
       where its images were compared with the drive's files, the digest of those files: the
       next reindex compares them again only when either has changed (:func:`files_unchanged`).
 
-    A session whose manifest was not read (``manifest`` None) must be in ``catalog``.
+    A session whose manifest was not read (``manifest`` None) must be in ``catalog``, and
+    one whose files were listed without their sizes (``on_disk`` None) must be as its copy
+    here recorded them (:func:`files_unchanged`; :func:`_read_again` sees to both).
     """
     plan = ReindexPlan(drive.storage_id)
     on_drive: dict[str, DriveSession] = {ds.session_uuid: ds for ds in drive.sessions}
@@ -482,6 +484,8 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
             if cs.dir_name != ds.dir_name:
                 plan.sessions_renamed.append((cs.id, ds.dir_name))
             if cs.copy_files and not files_unchanged(ds, copy):
+                if ds.on_disk is None:
+                    raise ValueError(f"{ds.dir_name}: files listed without their sizes, but not as the catalog recorded them")
                 for rel, (image_id, size, flagged) in cs.images.items():
                     mismatch = ds.on_disk.get(rel) != size
                     if mismatch != flagged:

@@ -12,6 +12,7 @@ import os
 import uuid
 from datetime import datetime, timezone
 
+import pytest
 from sqlalchemy import func, select
 
 from imalinkd import manifest as mf, storage
@@ -585,6 +586,10 @@ def test_plan_compares_images_unless_manifest_and_files_are_as_recorded():
     assert changed.size_flags == [(2, True)] and changed.signatures_changed == [(7, (sig, "d2"))]
     assert plan("d1", None).size_flags == [(2, True)]  # nothing recorded yet
     assert plan("d1", "d1", manifest=m).size_flags == [(2, True)]  # the manifest was read: it changed
+    unlisted = DriveSession(name, None, None, sig, S1, "d2")  # sizes not kept, yet not as recorded
+    cs = CatalogSession(1, S1, ROOT_A, name, False, True, (CatalogCopy(7, ROOT_A, name, False, sig, "d1"),), images)
+    with pytest.raises(ValueError, match="not as the catalog recorded"):
+        plan_reindex(drive(unlisted), CatalogState({S1: cs}))
     replica = DriveSession(name, None, disk, sig, S1, "d1")
     cs = CatalogSession(1, S1, ROOT_B, name, False, True, (CatalogCopy(7, ROOT_A, name, False, sig, None),))
     assert plan_reindex(drive(replica), CatalogState({S1: cs})).is_empty  # a replica's files are not compared: no digest
