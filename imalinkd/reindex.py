@@ -696,6 +696,7 @@ def _read_shared(dirs: list[str], knowns: list[KnownManifest | None], threads: i
     listing = DigestHelper([os.path.join(dirs[i], "files") for i in taken])
     here = [i for i in range(len(dirs)) if i not in taken]
     results: list[SessionRead | None] = [None] * len(dirs)
+
     # progress in proportion: the helper lists its share meanwhile, and says nothing until done
     def done_here(n: int) -> None:
         done(n * len(dirs) // max(len(here), 1))
@@ -811,7 +812,12 @@ def read_drive_slices(root: str, marker: storage.Marker, threads: int = READ_THR
                 if problem is not None:
                     rejected.append(problem)
                     continue
-                digest = None if signature is None else files_digest(on_disk) if on_disk is not None else known[item.name].files_digest
+                if signature is None:  # nothing recorded: read again next time
+                    digest = None
+                elif on_disk is None:  # listed by the helper, and as the catalog recorded
+                    digest = known[item.name].files_digest
+                else:
+                    digest = files_digest(on_disk)
                 sessions.append(DriveSession(item.name, m, on_disk, signature, None if m is not None else uuid_, digest))
         yield DriveState(marker.storage_id, marker.label, tuple(sessions), present_dirs, present_uuid8), rejected
         del sessions, rejected, results  # the slice is the caller's now: nothing of it kept while reading the next
