@@ -18,8 +18,10 @@ prints each time and its ratio to find (the target is at most 3x):
 
 The manifests are made older than ``reindex.RACY_NS`` before the first reindex, as on any
 drive whose imports ended more than a moment ago (a manifest younger than that is read
-again each time, by design). A last row per cache state times C tools reading just what
-any reindex must read (each file's size and each manifest): the floor under both kinds. Exit status 0 when every
+again each time, by design). A row per cache state times C tools reading just what
+any reindex must read (each file's size and each manifest): the floor under both kinds.
+Another times SQLite alone writing what a rebuild writes (the rebuilt catalog's rows, by a
+bare ``executemany``, indexes built after): the floor under a fresh catalog. Exit status 0 when every
 reindex catalogued the whole archive; the verdicts against the target are printed.
 
     python benchmarks/reindex_bench.py [--sessions 1000] [--files 100] [--repeat 3] [--dir DIR] [--keep] [--warm-only]
@@ -31,6 +33,7 @@ import argparse
 import hashlib
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -101,6 +104,41 @@ def time_floor(root: str) -> float:
     subprocess.run(f"find '{root}' -type f -printf '%s\\n' | wc -l; cat '{root}'/*/{mf.FILENAME} | wc -c", shell=True,
                    check=True, capture_output=True)
     return time.monotonic() - t
+
+
+def time_sqlite_floor(base: str, source: str) -> float:
+    """What SQLite alone takes to write what a rebuild writes: every row of the rebuilt
+    catalog ``source`` (read into memory first) written by a bare ``executemany`` into an
+    empty copy of its tables, in one transaction, its indexes built after, committed, with
+    the catalog's journal settings: no reading, checking, converting or foreign keys."""
+    src = sqlite3.connect(source)
+    schema = src.execute("SELECT type, name, sql FROM sqlite_master WHERE sql IS NOT NULL "
+                         "AND name NOT LIKE 'sqlite_%'").fetchall()
+    data = {name: src.execute(f'SELECT * FROM "{name}"').fetchall() for kind, name, _sql in schema if kind == "table"}
+    src.close()
+    path = os.path.join(base, "sqlite-floor.db")
+    for suffix in ("", "-wal", "-shm"):
+        if os.path.exists(path + suffix):
+            os.unlink(path + suffix)
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=NORMAL")
+    for kind, _name, sql in schema:
+        if kind == "table":
+            db.execute(sql)
+    os.sync()
+    t = time.monotonic()
+    db.execute("BEGIN")
+    for name, rows in data.items():
+        if rows:
+            db.executemany(f'INSERT INTO "{name}" VALUES ({", ".join("?" * len(rows[0]))})', rows)
+    for kind, _name, sql in schema:
+        if kind == "index":
+            db.execute(sql)
+    db.execute("COMMIT")
+    seconds = time.monotonic() - t
+    db.close()
+    return seconds
 
 
 def fresh_catalog(base: str, name: str, root: str):
@@ -222,6 +260,10 @@ def main() -> int:
             rows.append((cache, "no change", seconds, t_find, detail))
             rows.append((cache, "C floor", best(args.repeat, prepare, lambda: time_floor(root)), t_find,
                          "find -printf %s + cat of the manifests: the reading alone"))
+            if cache == "warm":  # the drive plays no part in it
+                floor = min(time_sqlite_floor(base, os.path.join(base, "catalog-warm-0.db")) for _ in range(args.repeat))
+                rows.append((cache, "SQLite floor", floor, t_find,
+                             "a rebuild's rows by bare executemany, indexes after: the writing alone"))
             for _config, c in fresh[1:]:
                 c.close()
             catalogs.append(catalog)
@@ -231,7 +273,7 @@ def main() -> int:
         print(f"\n== reindex of {n} files in {args.sessions} sessions vs find ROOT -type f | wc -l ({count} entries) ==")
         for cache, kind, seconds, find_s, detail in rows:
             ratio = seconds / find_s if find_s else float("inf")
-            what = "reindex" if kind != "C floor" else "read   "
+            what = {"C floor": "read   ", "SQLite floor": "write  "}.get(kind, "reindex")
             print(f"{cache:<5} {kind:<14} {what} {seconds:6.3f} s  find {find_s:6.3f} s  {verdict(ratio)}")
             print(f"      {'':<14} {detail}")
         if not cold:
