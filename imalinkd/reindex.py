@@ -25,20 +25,17 @@ from __future__ import annotations
 
 import gc
 import os
-import re
 import sqlite3
 import stat
-import sys
 import threading
 import time
 from collections import defaultdict
 from contextlib import contextmanager, nullcontext
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from datetime import datetime
 from operator import itemgetter
-from datetime import date, datetime, timezone
-from itertools import repeat
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import structlog
 from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
@@ -46,7 +43,7 @@ from sqlalchemy.exc import IntegrityError
 
 from imalinkd import durable, manifest as mf, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json, upsert_storage_root
-from imalinkd.catalog.models import FsPath
+from imalinkd.catalog.bulk import RowWriter, fetch_tuples, fsdecoder, indexes_rebuilt_after, is_pysqlite, iso_column
 from imalinkd.errors import ManifestError, StorageError
 from imalinkd.locate import discover_roots, root_health
 from imalinkd.plan import photo_key
@@ -863,24 +860,6 @@ def _signature_columns(recorded: CopySignature | None) -> dict[str, int | str | 
     return {"manifest_size": size, "manifest_mtime_ns": mtime_ns, "manifest_ctime_ns": ctime_ns, "files_digest": digest}
 
 
-def _fetch_tuples(conn, stmt) -> list[tuple]:
-    """The rows of a Core select as plain tuples. On SQLite straight from the DBAPI cursor
-    of the caller's transaction: SQLAlchemy's rows cost twice the query itself at 100,000
-    rows. The values are then the driver's, without result processing: select only
-    columns whose raw values are what the caller wants (bytes, integers, 0/1)."""
-    if not _is_pysqlite(conn):
-        return [tuple(row) for row in conn.execute(stmt)]
-    compiled = stmt.compile(dialect=conn.dialect, compile_kwargs={"render_postcompile": True})
-    params = [compiled.params[k] for k in compiled.positiontup]
-    return conn.connection.driver_connection.cursor().execute(str(compiled), params).fetchall()
-
-
-def _fsdecoder():
-    """``os.fsdecode`` for bytes only, without its per-call type dispatch."""
-    encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-    return lambda raw: raw.decode(encoding, errors)
-
-
 def load_known_manifests(s, storage_id: str) -> dict[str, KnownManifest]:
     """What the catalog recorded of the manifests of its copies on the root ``storage_id``,
     by directory name: the manifests :func:`read_drive` need not read again."""
@@ -938,9 +917,9 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                  and not unchanged(r)}
     # every reindex of a large archive loads these: plain tuples, the paths' bytes decoded
     # here as FsPath does; only for the sessions of this slice of the drive
-    decode = _fsdecoder()
+    decode = fsdecoder()
     for chunk in _chunks(sorted(home_here)):
-        for image_id, sid, rel, size, flagged in _fetch_tuples(s.connection(), select(
+        for image_id, sid, rel, size, flagged in fetch_tuples(s.connection(), select(
                 Image.id, Image.session_id, type_coerce(Image.storage_relative_path, LargeBinary),
                 Image.file_size, Image.size_mismatch).where(Image.session_id.in_(chunk))):
             images[sid][decode(rel)] = (image_id, size, bool(flagged))
@@ -951,140 +930,6 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                                        r.copy_status == "in_progress" and importer_alive(r))
         for r in rows
     })
-
-
-class _RowWriter:
-    """Bulk inserts into one table through the DBAPI cursor of the caller's transaction:
-    one prepared statement and ``executemany`` over tuples. The values are converted a
-    column at a time by the column type's own bind processor, so the stored values are
-    exactly those an ORM or Core insert stores (a path's bytes are encoded directly, as
-    :class:`FsPath` does), and the columns not given get their Python-side scalar defaults.
-
-    ``convert`` replaces the conversion of some columns: a function from a column of the
-    given values to a column of the values to bind."""
-
-    def __init__(self, conn, table, keys: Iterable[str], convert: Mapping[str, Callable[[Sequence], Sequence]] | None = None) -> None:
-        """Rows are tuples of the ``keys`` columns' values, in that order."""
-        dialect = conn.dialect
-        keys = list(keys)
-        given = set(keys)
-        self.columns = len(keys)
-        self.convert: list[tuple[int, Callable[[Sequence], Sequence]]] = []
-        for i, k in enumerate(keys):
-            fn = (convert or {}).get(k) or _column_processor(dialect, table.c[k])
-            if fn is not None:
-                self.convert.append((i, fn))
-        defaults = [c for c in table.columns if c.key not in given and c.default is not None and c.default.is_scalar]
-        self.defaults = []
-        for c in defaults:
-            fn = _column_processor(dialect, c)
-            self.defaults.append(fn([c.default.arg])[0] if fn is not None else c.default.arg)
-        names = keys + [c.key for c in defaults]
-        compiled = insert(table).compile(dialect=dialect, column_keys=names)
-        self.sql = str(compiled)
-        self.order = [names.index(k) for k in compiled.positiontup]
-        self.cursor = conn.connection.driver_connection.cursor()
-
-    def _params(self, rows: Sequence[tuple]) -> Iterable[tuple]:
-        columns: list[Sequence] = list(zip(*rows)) or [() for _ in range(self.columns)]
-        for i, fn in self.convert:
-            columns[i] = fn(columns[i])
-        columns += [repeat(v, len(rows)) for v in self.defaults]
-        return zip(*[columns[i] for i in self.order])
-
-    def insert_one(self, row: tuple) -> int:
-        self.cursor.execute(self.sql, next(iter(self._params([row]))))
-        return self.cursor.lastrowid
-
-    def insert_many(self, rows: Sequence[tuple]) -> None:
-        if rows:
-            self.cursor.executemany(self.sql, self._params(rows))
-
-
-def _column_processor(dialect, column) -> Callable[[Sequence], Sequence] | None:
-    """A function converting a column of Python values to what ``column``'s type binds."""
-    if isinstance(column.type, FsPath):
-        encoding, errors = sys.getfilesystemencoding(), sys.getfilesystemencodeerrors()
-        return lambda values: [None if v is None else v.encode(encoding, errors) for v in values]
-    fn = column.type.dialect_impl(dialect).bind_processor(dialect)
-    if fn is None:
-        return None
-    if column.type.python_type is datetime:
-        fn = _memoized(fn)  # a session's files share timestamps
-    return lambda values: list(map(fn, values))
-
-
-# The form every timestamp imalinkd writes takes (storage.iso): UTC to the second.
-_CANONICAL_UTC = re.compile(r"(\d{4}-\d\d-\d\d)T((?:[01]\d|2[0-3]):[0-5]\d:[0-5]\d)Z").fullmatch
-
-
-def _iso_column(dialect, column) -> Callable[[Sequence], Sequence]:
-    """A column converter for a UTC datetime ``column`` given as the manifest's ISO text:
-    what the column's type binds for :func:`_ts` of each text. Text in the canonical form
-    (``2026-01-01T10:00:00Z``) is rearranged into SQLite's stored form directly, without a
-    datetime made and formatted for each file (a check at set-up confirms the stored form);
-    any other text goes the long way."""
-    process = _column_processor(dialect, column) or (lambda values: list(values))
-    probe = datetime(2001, 2, 3, 4, 5, 6, tzinfo=timezone.utc)
-    direct = process([probe])[0] == "2001-02-03 04:05:06.000000"
-    dates: dict[str, bool] = {}
-
-    def valid_date(day: str) -> bool:
-        try:
-            ok = dates[day]
-        except KeyError:
-            try:
-                date.fromisoformat(day)
-                ok = True
-            except ValueError:
-                ok = False
-            dates[day] = ok
-        return ok
-
-    def convert(values: Sequence) -> list:
-        out = []
-        for text in values:
-            m = _CANONICAL_UTC(text) if direct and type(text) is str else None
-            if m is not None and valid_date(m[1]):
-                out.append(f"{m[1]} {m[2]}.000000")
-            else:
-                out.append(process([_ts(text)])[0])
-        return out
-
-    return convert
-
-
-def _memoized(fn):
-    memo: dict[Any, Any] = {}
-
-    def process(value):
-        try:
-            return memo[value]
-        except KeyError:
-            memo[value] = out = fn(value)
-            return out
-
-    return process
-
-
-@contextmanager
-def _indexes_rebuilt_after(cursor, table: str, filling: bool):
-    """When ``filling`` an empty table with many rows, drop its secondary indexes for the
-    inserts and create them again, from their own stored SQL, before the transaction ends:
-    building an index once over sorted keys is several times faster than updating it row
-    by row (the sha256 index especially, whose keys come in random order). SQLite's DDL is
-    transactional, so if anything fails or the machine stops before the commit, the
-    indexes are back as they were along with everything else."""
-    if not filling or cursor.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() is not None:
-        yield
-        return
-    indexes = cursor.execute("SELECT name, sql FROM sqlite_master WHERE type = 'index' AND tbl_name = ? "
-                             "AND sql IS NOT NULL", (table,)).fetchall()
-    for name, _sql in indexes:
-        cursor.execute(f'DROP INDEX "{name}"')
-    yield
-    for _name, sql in indexes:
-        cursor.execute(sql)
 
 
 _BULK_ROWS = 5000  # below this, keeping the indexes up to date row by row is cheap enough
@@ -1098,7 +943,7 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
     other writer can take one meanwhile."""
     new = plan.new_sessions
     keys = list(new[0].session)
-    sessions = _RowWriter(conn, ImportSession.__table__, ["id", *keys])
+    sessions = RowWriter(conn, ImportSession.__table__, ["id", *keys])
     get = itemgetter(*keys)
     # the sessions and images that keep their ids go in first: an id given by SQLite (one
     # past the largest) could otherwise be one that a deleted row is about to take back
@@ -1113,16 +958,16 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
     for n in new:
         first_photo.append(next_id)
         next_id += len(n.photos)
-    with _indexes_rebuilt_after(cursor, Photo.__tablename__, n_photos >= _BULK_ROWS):
+    with indexes_rebuilt_after(cursor, Photo.__tablename__, n_photos >= _BULK_ROWS):
         if n_photos:
             keys = list(next(n.photos[0] for n in new if n.photos))
             get = itemgetter(*keys)
-            _RowWriter(conn, Photo.__table__, ["id", "session_id", *keys]).insert_many(
+            RowWriter(conn, Photo.__table__, ["id", "session_id", *keys]).insert_many(
                 [(first + i, sid, *get(p)) for sid, first, n in zip(ids, first_photo, new) for i, p in enumerate(n.photos)])
-    with _indexes_rebuilt_after(cursor, Image.__tablename__, n_images >= _BULK_ROWS):
+    with indexes_rebuilt_after(cursor, Image.__tablename__, n_images >= _BULK_ROWS):
         if n_images:
-            writer = _RowWriter(conn, Image.__table__, ["id", "session_id", "photo_id", *IMAGE_COLUMNS],
-                                convert={"copied_at": _iso_column(conn.dialect, Image.__table__.c.copied_at)})
+            writer = RowWriter(conn, Image.__table__, ["id", "session_id", "photo_id", *IMAGE_COLUMNS],
+                                convert={"copied_at": iso_column(conn.dialect, Image.__table__.c.copied_at, _ts)})
             rows = [(n.image_ids.get(row[1]), sid, None if row[0] is None else first + row[0], *row[1:])
                     for sid, first, n in zip(ids, first_photo, new) for row in n.images]
             rows.sort(key=lambda row: row[0] is None)  # kept ids first, as for the sessions
@@ -1131,16 +976,12 @@ def _insert_new_sessions_sqlite(conn, plan: ReindexPlan, now: datetime) -> None:
     if skipped:
         keys = list(skipped[0][1])
         get = itemgetter(*keys)
-        _RowWriter(conn, SkippedFile.__table__, ["session_id", *keys]).insert_many([(sid, *get(r)) for sid, r in skipped])
+        RowWriter(conn, SkippedFile.__table__, ["session_id", *keys]).insert_many([(sid, *get(r)) for sid, r in skipped])
     rows = [{**n.copy, **_signature_columns(plan.signatures.get(n.copy["storage_directory_name"]))} for n in new]
     keys = list(rows[0])
     get = itemgetter(*keys)
-    _RowWriter(conn, SessionCopy.__table__, ["session_id", "last_seen_at", *keys]).insert_many(
+    RowWriter(conn, SessionCopy.__table__, ["session_id", "last_seen_at", *keys]).insert_many(
         [(sid, now, *get(row)) for sid, row in zip(ids, rows)])
-
-
-def _is_pysqlite(conn) -> bool:
-    return conn.dialect.name == "sqlite" and conn.dialect.driver == "pysqlite"
 
 
 @gc_paused()
@@ -1153,7 +994,7 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
     conn = s.connection()
     for chunk in _chunks(plan.sessions_replaced):  # their images, photos and copies go too (ON DELETE CASCADE)
         s.execute(delete(ImportSession).where(ImportSession.id.in_(chunk)))
-    if plan.new_sessions and dbapi_inserts and _is_pysqlite(conn):
+    if plan.new_sessions and dbapi_inserts and is_pysqlite(conn):
         _insert_new_sessions_sqlite(conn, plan, now)
     elif plan.new_sessions:
         table = ImportSession.__table__

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from imalinkd import durable, manifest as mf, paths, reindex, storage
-from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile
+from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, bulk
 from imalinkd.errors import ManifestError
 from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, read_drive, reindex_path
 from test_reindex import config_for, make_root, make_session
@@ -308,7 +308,7 @@ def test_timestamps_stored_by_dbapi_inserts_are_those_core_inserts_store(tmp_pat
     assert by_value["2026-11-24T12:00:00Z"] == "2026-11-24 12:00:00.000000"
     assert by_value["2026-11-24T12:00:00+02:00"] == "2026-11-24 10:00:00.000000"
     assert by_value["2026-13-01T00:00:00Z"] is None and by_value["2026-11-24T24:00:00Z"] is None
-    assert reindex._CANONICAL_UTC("2026-11-24T12:00:00Z") is not None
+    assert bulk.CANONICAL_UTC("2026-11-24T12:00:00Z") is not None
 
 
 def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
