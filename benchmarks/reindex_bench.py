@@ -16,7 +16,7 @@ prints each time and its ratio to find (the target is at most 3x):
 - each time, find's included, is the best of ``--repeat`` rounds (default 3);
 - then, warm, the time of each stage of both kinds of reindex.
 
-The manifests are made older than ``reindex.RACY_NS`` before the first reindex, as on any
+The manifests are made older than ``reading.RACY_NS`` before the first reindex, as on any
 drive whose imports ended more than a moment ago (a manifest younger than that is read
 again each time, by design). A row per cache state times C tools reading just what
 any reindex must read (each file's size and each manifest): the floor under both kinds.
@@ -46,8 +46,9 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from imalinkd import durable, manifest as mf, storage  # noqa: E402
 from imalinkd.catalog import Catalog  # noqa: E402
 from imalinkd.config import parse_config  # noqa: E402
-from imalinkd import reindex  # noqa: E402
-from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, read_drive, reindex_path  # noqa: E402
+from imalinkd import reading  # noqa: E402
+from imalinkd.reading import read_drive  # noqa: E402
+from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, reindex_path  # noqa: E402
 
 TARGET = 3.0
 
@@ -198,7 +199,7 @@ def verdict(ratio: float) -> str:
 
 def settle(root: str) -> None:
     """Age every manifest past the racy window, as on a drive whose imports are over."""
-    old = time.time_ns() - 10 * reindex.RACY_NS
+    old = time.time_ns() - 10 * reading.RACY_NS
     for e in os.scandir(root):
         path = os.path.join(e.path, mf.FILENAME)
         if os.path.isfile(path):

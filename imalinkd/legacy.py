@@ -37,7 +37,8 @@ from imalinkd.errors import (
     human_bytes,
 )
 from imalinkd.locate import SafeTree, is_real_dir, resolve_root, session_path
-from imalinkd.reindex import DriveSession, DriveState, apply_plan, load_catalog_state, plan_reindex
+from imalinkd.reading import DriveSession, DriveState
+from imalinkd.reindex import apply_plan, load_catalog_state, plan_reindex
 
 log = structlog.get_logger(__name__)
 

@@ -16,8 +16,9 @@ from sqlalchemy import func, select
 
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy
 from imalinkd.locate import resolve_root, scan_locations, session_path, storage_status, update_storage_path
-from imalinkd import reindex
-from imalinkd.reindex import load_known_manifests, read_drive, reindex_path
+from imalinkd import reading
+from imalinkd.reading import read_drive
+from imalinkd.reindex import load_known_manifests, reindex_path
 
 from mounts import exfat_mount, make_exfat_image
 from test_reindex import SHOT_FILES, age_manifests, build_hostile_drive, config_for, make_root, make_session
@@ -244,7 +245,7 @@ def test_a_known_exfat_archive_is_listed_partly_by_the_helper_and_a_grown_file_f
             drive, rejected = read_drive(str(root), marker, known=known, helper_files=0)
             assert not rejected and sum(ds.on_disk is None for ds in drive.sessions) == 2
 
-            monkeypatch.setattr(reindex, "HELPER_FILES", 0)
+            monkeypatch.setattr(reading, "HELPER_FILES", 0)
             report = reindex_path(config, catalog, str(root))
             assert report.ok and (report.roots[0].manifests_read, report.roots[0].size_mismatches) == (0, 0)
             for _sid, sdir in made:  # one file grown in place in every session, the helper's too

@@ -18,17 +18,8 @@ from sqlalchemy import func, select
 from imalinkd import manifest as mf, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot
 from imalinkd.config import parse_config
-from imalinkd.reindex import (
-    CatalogCopy,
-    CatalogSession,
-    CatalogState,
-    DriveSession,
-    DriveState,
-    plan_reindex,
-    read_drive,
-    reindex_all,
-    reindex_path,
-)
+from imalinkd.reading import DriveSession, DriveState, read_drive
+from imalinkd.reindex import CatalogCopy, CatalogSession, CatalogState, plan_reindex, reindex_all, reindex_path
 
 # --- shared factories ---------------------------------------------------------------------------
 

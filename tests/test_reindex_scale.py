@@ -13,10 +13,11 @@ import time
 import pytest
 from sqlalchemy import func, select, text
 
-from imalinkd import durable, manifest as mf, paths, reindex, storage
+from imalinkd import durable, manifest as mf, paths, reading, reindex, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, bulk
 from imalinkd.errors import ManifestError
-from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, read_drive, reindex_path
+from imalinkd.reading import gc_paused, read_drive, read_drive_slices
+from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, reindex_path
 from test_reindex import config_for, make_root, make_session
 
 SHA = "ab" * 32
@@ -134,9 +135,9 @@ def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_
     # batches of two: of each three, the first is read in this thread and the second in
     # the threads, each timed; the third goes the way that was faster. Reading is made
     # slow in one of the two ways.
-    monkeypatch.setattr(reindex, "READ_BATCH", 2)
-    monkeypatch.setattr(reindex, "SAMPLE_EVERY", 3)
-    real_read = reindex._read_session_dir
+    monkeypatch.setattr(reading, "READ_BATCH", 2)
+    monkeypatch.setattr(reading, "SAMPLE_EVERY", 3)
+    real_read = reading.read_session_dir
     where: dict[str, bool] = {}  # directory → read in a pool thread
 
     def read(path, known=None):
@@ -146,7 +147,7 @@ def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_
             time.sleep(0.03)
         return real_read(path, known)
 
-    monkeypatch.setattr(reindex, "_read_session_dir", read)
+    monkeypatch.setattr(reading, "read_session_dir", read)
     threaded = read_drive(str(root), marker, threads=4)
     assert threaded == serial
     names = sorted(where)
@@ -315,8 +316,6 @@ def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
     import gc
     import threading
 
-    from imalinkd.reindex import gc_paused
-
     assert gc.isenabled()
     inside, release = threading.Event(), threading.Event()
 
@@ -349,8 +348,6 @@ def test_the_collector_is_held_off_while_any_reindex_runs_and_restored_after():
 def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp_path, monkeypatch):
     import shutil
 
-    from imalinkd.reindex import read_drive_slices
-
     root = tmp_path / "archive"
     marker = build_mixed_drive(root)
     whole_drive, whole_rejected = read_drive(str(root), marker)
@@ -361,10 +358,19 @@ def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp
     assert all(drive.present_dirs == whole_drive.present_dirs for drive, _ in slices)
 
     results = []
+    written: list[int] = []  # the transactions of both reindexes of each catalog
+    real_slice = reindex._index_slice
+
+    def counted(*args, **kwargs):
+        written[-1] += 1
+        return real_slice(*args, **kwargs)
+
+    monkeypatch.setattr(reindex, "_index_slice", counted)
     for name, slice_bytes in (("whole", None), ("sliced", 1)):
-        monkeypatch.setattr(reindex, "SLICE_BYTES", slice_bytes)
+        monkeypatch.setattr(reading, "SLICE_BYTES", slice_bytes)
         config = config_for(tmp_path / name, root)
         catalog = Catalog.open(config)
+        written.append(0)
         first = reindex_path(config, catalog, str(root))
         # a session directory gone: marked missing once, and no other
         gone = sorted(p for p in root.iterdir() if p.is_dir() and "_s0_" in p.name)[0]
@@ -386,6 +392,7 @@ def test_a_root_read_and_written_in_slices_gives_the_same_catalog_and_report(tmp
         assert [seen_aside(r) for r in rows[table]] == [seen_aside(r) for r in whole_rows[table]], table
     assert (first, second) == (whole_first, whole_second)
     assert first["roots"][0]["sessions_added"] == 7 and second["roots"][0]["sessions_missing"] == 1
+    assert written == [1 + 1, 10 + 9]  # whole: one each; sliced: one a directory (one fewer when gone)
 
 
 # --- a session taken again from the drive keeps its ids -----------------------------------------
@@ -455,7 +462,7 @@ def test_a_known_drive_is_listed_partly_by_a_helper_with_the_same_outcome(tmp_pa
     victim = os.path.join(str(root), grown, "files/DCIM/100CANON/IMG_0002.JPG")
     with open(victim, "ab") as f:
         f.write(b"grown")
-    monkeypatch.setattr(reindex, "HELPER_FILES", 0)
+    monkeypatch.setattr(reading, "HELPER_FILES", 0)
     report = reindex_path(config, catalog, str(root))
     assert report.ok and report.roots[0].size_mismatches == 1 and report.roots[0].manifests_read == 0
     with catalog.session() as s:
