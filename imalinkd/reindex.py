@@ -81,6 +81,11 @@ class CatalogCopy:
     files_digest: str | None = None
 
 
+def copy_on(copies: Iterable[CatalogCopy], storage_id: str) -> CatalogCopy | None:
+    """The copy among ``copies`` on the root ``storage_id``, if any (a session has one a root)."""
+    return next((c for c in copies if c.storage_id == storage_id), None)
+
+
 def files_unchanged(ds: DriveSession, copy: CatalogCopy | None) -> bool:
     """Whether ``ds`` is, manifest and files, what the last reindex of ``copy`` checked:
     its manifest not read again (its signature the recorded one) and the digest of its
@@ -359,7 +364,7 @@ def plan_reindex(drive: DriveState, catalog: CatalogState) -> ReindexPlan:
                 plan.notes.append((ds.dir_name, f"the manifest moved on ({cs.copy_status}, {cs.total_files} files → "
                                                  f"{fresh.session['copy_status']}, {fresh.session['total_files']} files): taken from the drive"))
                 continue
-        copy = next((c for c in cs.copies if c.storage_id == drive.storage_id), None)
+        copy = copy_on(cs.copies, drive.storage_id)
         recorded = plan.signatures[ds.dir_name] = _recorded(ds, compared=is_home and cs.copy_files)
         if copy is None:
             plan.new_copies.append({"session_id": cs.id, "storage_id": drive.storage_id,
@@ -523,8 +528,7 @@ def load_catalog_state(s, drive: DriveState) -> CatalogState:
                                                     c.files_digest))
 
     def unchanged(r) -> bool:
-        copy = next((c for c in copies[r.id] if c.storage_id == drive.storage_id), None)
-        return files_unchanged(on_drive[r.storage_uuid], copy)
+        return files_unchanged(on_drive[r.storage_uuid], copy_on(copies[r.id], drive.storage_id))
 
     # the images of the sessions at home here, to compare with the sizes on the drive;
     # not those whose files are as the last reindex checked them (most of them, usually)
@@ -744,7 +748,7 @@ def _read_again(root: str, drive: DriveState, state: CatalogState) -> DriveState
         cs = state.sessions.get(ds.session_uuid)
         if ds.manifest is None and cs is None:
             return True
-        return ds.on_disk is None and not files_unchanged(ds, next((c for c in cs.copies if c.storage_id == drive.storage_id), None))
+        return ds.on_disk is None and not files_unchanged(ds, copy_on(cs.copies, drive.storage_id))
 
     stale = {ds.dir_name for ds in drive.sessions if is_stale(ds)}
     if not stale:

@@ -100,7 +100,7 @@ class DigestHelper:
 
     def __init__(self, dirs: Sequence[str]) -> None:
         self._dirs = list(dirs)
-        self._out: list[bytes | None] = [None]
+        self._out: bytes | None = None  # set by the thread, read after it is joined
         package_parent = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         code = f"import sys; sys.path.insert(0, {package_parent!r}); from imalinkd.walk import main; main()"
         try:
@@ -121,13 +121,13 @@ class DigestHelper:
         except (OSError, ValueError):
             return
         if self._proc.returncode == 0:
-            self._out[0] = out
+            self._out = out
 
     def results(self) -> list[str | None] | None:
         if self._proc is None:
             return None
         self._thread.join()
-        out = self._out[0]
+        out = self._out
         if out is None:
             return None
         lines = out.decode("ascii", "replace").split("\n")
@@ -141,7 +141,7 @@ def main() -> None:
     paths = sys.stdin.buffer.read().split(b"\0")
     out = []
     for path in paths:
-        sizes, problem = read_files_dir(os.fsdecode(path))
+        sizes, _problem = read_files_dir(os.fsdecode(path))
         out.append("-" if sizes is None else files_digest(sizes))
     sys.stdout.write("\n".join(out))
 
