@@ -412,16 +412,25 @@ def cmd_check_config(config, args) -> int:
             return [plain(x) for x in v]
         return v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
 
-    out = plain(config)
-    out["catalog_url_in_effect"] = config.catalog_url
+    from imalinkd import redact
+    from imalinkd.configcheck import catalog_reachable
+
+    out = redact.value(plain(config))
+    out["catalog"]["url"] = redact.url(config.catalog.url)
+    out["catalog_url_in_effect"] = redact.url(config.catalog_url)
     out["storage_root_in_effect"] = str(config.storage_root) if config.storage_root else None
+    catalog = catalog_reachable(config.catalog_url)
+    out["catalog_check"] = catalog.as_json()
     if args.json:
         _print_json(out)
     else:
         _say(f"config OK ({config.source})")
-        _say(f"  catalog: {config.catalog_url}")
+        _say(f"  catalog: {catalog.url}: {catalog.message}")
         _say(f"  storage: {config.storage_root or 'storage_id ' + str(config.storage.storage_id)}")
         _say(f"  api: {config.api.listen or 'disabled'}; card rules: {len(config.cards)}; drop folders: {len(config.drop_folders)}")
+    if not catalog.ok:
+        print(f"imalinkd: the catalog cannot be used: {catalog.url}: {catalog.message}", file=sys.stderr)
+        return EXIT_FAILED
     return EXIT_OK
 
 

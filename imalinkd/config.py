@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
+from imalinkd import redact
 from imalinkd.errors import ConfigError
 
 SYSTEM_CONFIG = Path("/etc/imalinkd/imalinkd.toml")
@@ -72,6 +73,10 @@ class ImportConfig:
 class ApiConfig:
     listen: str = "127.0.0.1:8765"
     token_file: Path | None = None  # default: <state_dir>/api-token
+    allowed_hosts: tuple[str, ...] = ()  # Host names answered beyond the listen address and localhost
+    max_connections: int = 64  # open HTTP connections at once; more are answered 503 and closed
+    request_timeout_seconds: float = 10.0  # to send a whole request (headers and body)
+    idle_timeout_seconds: float = 5.0  # a kept-alive connection with no request is closed
 
 
 @dataclass(frozen=True)
@@ -179,6 +184,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         reader.fail("daemon.log_level", "must be one of debug, info, warning, error")
     catalog = reader.section(data, "catalog", CatalogConfig)
+    redact.remember_url(catalog.url)
     storage = reader.section(data, "storage", StorageConfig)
     if storage.storage_id is not None:
         import uuid
@@ -205,6 +211,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
             parse_listen(api.listen)
         except ValueError as e:
             reader.fail("api.listen", str(e))
+    _check_api_limits(reader, api)
     cards = []
     for i, raw in enumerate(reader.array(data, "card")):
         card = reader.build(raw, CardPolicy, f"card[{i}]")
@@ -221,7 +228,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         if drop.verify is not None:
             reader.check_choice(f"drop_folder[{i}].verify", drop.verify, VERIFY_LEVELS)
         drops.append(drop)
-    return Config(
+    config = Config(
         catalog=catalog,
         storage=storage,
         import_=imp,
@@ -231,6 +238,27 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         drop_folders=tuple(drops),
         source=source,
     )
+    from imalinkd import layout
+
+    wrong = layout.problems(config)
+    if wrong:
+        reader.fail(wrong[0][0], "\n  ".join([wrong[0][1], *(f"{key}: {why}" for key, why in wrong[1:])]))
+    return config
+
+
+def _check_api_limits(reader: "_Reader", api: ApiConfig) -> None:
+    from imalinkd.netaddr import check_pattern
+
+    for pattern in api.allowed_hosts:
+        why = check_pattern(pattern)
+        if why:
+            reader.fail("api.allowed_hosts", why)
+    if not 1 <= api.max_connections <= 10000:
+        reader.fail("api.max_connections", "must be between 1 and 10000")
+    if not 0.5 <= api.request_timeout_seconds <= 3600:
+        reader.fail("api.request_timeout_seconds", "must be between 0.5 and 3600")
+    if not 0.5 <= api.idle_timeout_seconds <= 3600:
+        reader.fail("api.idle_timeout_seconds", "must be between 0.5 and 3600")
 
 
 class _Reader:

@@ -22,7 +22,9 @@ class ImalinkError(Exception):
             text = (self.__doc__ or "{message}").strip().format(**fields)
         except (KeyError, IndexError):
             text = message or self.__class__.__name__
-        super().__init__(text)
+        from imalinkd import redact
+
+        super().__init__(redact.text(text))  # messages end up in logs and on terminals
 
 
 class ConfigError(ImalinkError):

@@ -7,6 +7,8 @@ import sys
 
 import structlog
 
+from imalinkd import redact
+
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
@@ -20,6 +22,7 @@ def configure_logging(level: str = "info", json: bool = True, stream=None) -> No
             structlog.processors.add_log_level,
             structlog.processors.TimeStamper(fmt="iso", utc=True),
             structlog.processors.format_exc_info,
+            redact.log_processor,  # after format_exc_info: tracebacks are masked too
             renderer,
         ],
         wrapper_class=structlog.make_filtering_bound_logger(_LEVELS.get(level.lower(), logging.INFO)),

@@ -69,6 +69,8 @@ def test_service_contract():
     caps = set(service["CapabilityBoundingSet"].split())
     assert caps <= {"CAP_SYS_ADMIN", "CAP_DAC_READ_SEARCH", "CAP_CHOWN", "CAP_FOWNER"}
     assert "AF_NETLINK" in service["RestrictAddressFamilies"].split()
+    # HTTP clients must never exhaust the descriptors cards need (the API takes at most a quarter)
+    assert int(service["LimitNOFILE"]) >= 8192
 
 
 def test_card_and_archive_mount_areas_stay_visible():

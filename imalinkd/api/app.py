@@ -47,8 +47,9 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse
 
-from imalinkd import __version__, paths
+from imalinkd import __version__, paths, redact
 from imalinkd.api import auth
+from imalinkd.api.hosts import HostCheck, host_policy
 from imalinkd.api.hub import ProgressHub, seed_phase
 from imalinkd.api.metrics import app_registry
 from imalinkd.catalog import Image, ImportSession, Photo, SkippedFile, find_session
@@ -433,6 +434,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         except OSError as e:
             log.error("api_token_unavailable", path=str(config.api_token_file), error=e.strerror or str(e))
             token = None
+    redact.remember(token)
 
     app = FastAPI(
         title="imalinkd",
@@ -460,6 +462,8 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         return JSONResponse({"detail": e.detail}, status_code=e.status_code, headers=getattr(e, "headers", None))
 
     app.add_middleware(_CatchAll)
+    # Outermost: a request naming a foreign host is refused before anything else runs.
+    app.add_middleware(HostCheck, policy=host_policy(listen, config.api.allowed_hosts) if listen else None)
 
     # -- auth --
 

@@ -15,6 +15,7 @@ socket's mode or directory were loosened by hand.
 from __future__ import annotations
 
 import os
+import resource
 import socket
 import stat
 import struct
@@ -26,6 +27,7 @@ from typing import Any
 import structlog
 
 from imalinkd.api.app import create_app
+from imalinkd.api.bounded import bounded_protocol
 from imalinkd.api.hub import ProgressHub
 from imalinkd.errors import ImalinkError
 from imalinkd.netaddr import ListenAddress, parse_listen
@@ -136,6 +138,19 @@ def _bind(addr: ListenAddress) -> socket.socket:
     return sock
 
 
+def connection_limit(configured: int) -> int:
+    """``[api] max_connections``, lowered to a quarter of this process's file descriptor
+    limit when that is smaller: the descriptors left are for cards, archives, the catalog
+    and ``blkid``, which must never fail because HTTP clients hold them all."""
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft == resource.RLIM_INFINITY or configured <= soft // 4:
+        return configured
+    limit = max(1, soft // 4)
+    log.warning("api_connections_limited", max_connections=configured, limit=limit, nofile=soft,
+                message="[api] max_connections lowered to a quarter of the open file limit (LimitNOFILE)")
+    return limit
+
+
 def start_api_server(config, catalog, hub: ProgressHub | None = None, *, token: str | None = None,
                      start_timeout: float = 10.0) -> ApiServer:
     """Start serving ``create_app(config, catalog, hub)`` on ``[api] listen``.
@@ -163,9 +178,11 @@ def start_api_server(config, catalog, hub: ProgressHub | None = None, *, token: 
         log.warning("api_not_loopback", listen=listen,
                     message="the HTTP API listens beyond this machine; every endpoint then needs the bearer token")
     app = create_app(config, catalog, hub, token=token)
+    protocol = bounded_protocol(connection_limit(config.api.max_connections), config.api.request_timeout_seconds)
     uv_config = uvicorn.Config(
-        app, lifespan="off", log_config=None, log_level="warning", access_log=False,
-        timeout_graceful_shutdown=1, timeout_keep_alive=5, server_header=False, proxy_headers=False,
+        app, lifespan="off", log_config=None, log_level="warning", access_log=False, http=protocol,
+        timeout_graceful_shutdown=1, timeout_keep_alive=config.api.idle_timeout_seconds,
+        server_header=False, proxy_headers=False,
     )
     server = uvicorn.Server(uv_config)
 

@@ -8,6 +8,7 @@ for FUSE mounts, whose mountinfo source is the block device itself (``/dev/loop3
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 import subprocess
@@ -45,12 +46,25 @@ def parse_blkid_export(text: str) -> dict[str, str]:
     return out
 
 
+class ExaminationFailed(Exception):
+    """Looking at a mount failed for a reason that may pass (no file descriptor left,
+    ``blkid`` hung or could not start): the answer is unknown, not "no", and the mount is
+    to be examined again (see ``imalinkd.daemon.examine``)."""
+
+
+# errnos saying "not now" rather than "not so": the process or the system is short of
+# descriptors or memory, or a call was interrupted
+TRANSIENT_ERRNOS = frozenset({errno.EMFILE, errno.ENFILE, errno.ENOMEM, errno.EAGAIN, errno.ENOBUFS, errno.EINTR})
+
+
 def probe_filesystem(device: str, *, timeout: float = 10.0) -> tuple[str | None, str | None, str | None]:
     """``(fs_uuid, label, fstype)`` of the filesystem on ``device``, each None when unknown.
 
     Anything that is not a block device (``tmpfs``, a network share, a missing node)
     yields ``(None, None, None)`` without running blkid. Reading a device's superblock
     needs root (or the disk group); without it blkid says nothing and neither do we.
+    Raises ExaminationFailed when blkid cannot be run (EMFILE, …) or does not answer
+    within ``timeout`` seconds: the identity is then unknown, not absent.
     """
     try:
         if not stat.S_ISBLK(os.stat(device).st_mode):
@@ -67,8 +81,7 @@ def probe_filesystem(device: str, *, timeout: float = 10.0) -> tuple[str | None,
                 ["blkid", *args, device], capture_output=True, text=True, timeout=timeout, check=False
             )
         except (OSError, subprocess.TimeoutExpired) as e:
-            log.warning("blkid_failed", device=device, error=str(e))
-            return None, None, None
+            raise ExaminationFailed(f"blkid {device}: {e}") from None
         info = parse_blkid_export(proc.stdout)
         if info.get("TYPE") or info.get("UUID"):
             return info.get("UUID") or None, info.get("LABEL") or None, info.get("TYPE") or None
@@ -77,13 +90,16 @@ def probe_filesystem(device: str, *, timeout: float = 10.0) -> tuple[str | None,
 
 def has_dcim(mount_point: Path) -> bool:
     """Whether the mount's top level holds a ``DCIM`` directory (any case), not counting a
-    symlink named DCIM, which could lead anywhere."""
+    symlink named DCIM, which could lead anywhere. Raises ExaminationFailed when the
+    directory could not be read for a passing reason (``TRANSIENT_ERRNOS``)."""
     try:
         with os.scandir(mount_point) as it:
             for entry in it:
                 if entry.name.lower() == "dcim" and entry.is_dir(follow_symlinks=False):
                     return True
-    except OSError:
+    except OSError as e:
+        if e.errno in TRANSIENT_ERRNOS:
+            raise ExaminationFailed(f"reading {mount_point}: {e.strerror}") from None
         return False
     return False
 

@@ -44,6 +44,7 @@ import structlog
 from imalinkd.config import Config, load_config
 from imalinkd.daemon import identify, policy
 from imalinkd.daemon.dropfolder import DropFolderSource
+from imalinkd.daemon.examine import examine_until_done
 from imalinkd.daemon.events import (
     BlockDeviceAdded,
     BlockDeviceRemoved,
@@ -399,13 +400,11 @@ class Daemon:
         depth = self.config.storage.search_depth
 
         def examine() -> None:
-            fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source)
-            self.events.put(
-                MountExamined(
-                    mount=event, fs_uuid=fs_uuid, label=label, fstype=fstype,
-                    has_dcim=identify.has_dcim(mp), storage_roots=identify.find_storage_roots(mp, depth),
-                )
-            )
+            # A failed look (EMFILE, blkid hung) is retried while the mount is there.
+            examined = examine_until_done(event, depth, wanted=lambda: self.state.examining.get(mp) is event,
+                                          stopping=self.stopping)
+            if examined is not None:
+                self.events.put(examined)
 
         threading.Thread(target=examine, name=f"examine {mp}", daemon=True).start()
 
