@@ -1,7 +1,9 @@
 """Property-based fuzzing of the API from its own OpenAPI schema (schemathesis + Hypothesis)
 against a real server on a loopback port: valid and invalid inputs alike, no answer may be
 a 5xx. Mutating endpoints are fuzzed with the token against a throwaway catalog, except
-``POST /imports`` and ``POST /storage/reindex`` (random paths on this machine)."""
+``POST /imports`` and ``POST /storage/reindex`` (random paths on this machine). The same
+requests sent with a foreign ``Host`` header (DNS rebinding) must all be refused with 421,
+whatever they ask and whether or not they carry the token."""
 
 from __future__ import annotations
 
@@ -70,3 +72,21 @@ def test_fuzzed_requests_never_get_a_server_error(live, with_token):
         run()
     assert not failures, "\n".join(failures[:10])
     assert time.monotonic() - started < 60
+
+
+@pytest.mark.parametrize("with_token", [False, True], ids=["anonymous", "token"])
+def test_fuzzed_requests_naming_a_foreign_host_are_all_refused(live, with_token):
+    answers: dict[int, list[str]] = {}
+    headers = {**(AUTH if with_token else {}), "Host": "rebound.attacker.example"}
+    for op in operations(live.server.app):
+        strategy = st.one_of(op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE))
+
+        @settings(max_examples=EXAMPLES // 2, deadline=None, database=None, derandomize=True,
+                  suppress_health_check=list(HealthCheck))
+        @given(case=strategy)
+        def run(case):
+            response = case.call(base_url=live.server.url, headers=headers, timeout=30)
+            answers.setdefault(response.status_code, []).append(f"{op.label} {case.path_parameters} {case.query}")
+
+        run()
+    assert set(answers) == {421}, {status: calls[:3] for status, calls in answers.items() if status != 421}
