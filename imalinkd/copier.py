@@ -26,7 +26,7 @@ from sqlalchemy import insert, update
 from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
 from imalinkd.config import Config
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, write_manifest
-from imalinkd.photos import PostProcessor
+from imalinkd.photos import PostProcessor, record_thumbnails, thumbnails_by_shot
 from imalinkd.scan import ScanResult, SourceFile
 
 log = structlog.get_logger()
@@ -392,6 +392,7 @@ class CopyStage:
             self.progress.phase = "post_processing"
             self._report(force=True)
         self.photos = post.finish(self.thumbnails and self.fatal is None)
+        record_thumbnails(self.manifest.file_manifest, thumbnails_by_shot(self.catalog, self.row_id))
 
     def _record(self, result: Copied | NotCopied, post: PostProcessor) -> None:
         """Take one result into the manifest and the pending catalog rows (main thread)."""

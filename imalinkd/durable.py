@@ -65,6 +65,16 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o
     fsync_dir(d)
 
 
+def remove_durably(path: str | os.PathLike[str]) -> None:
+    """Remove ``path`` (nothing when it is absent); after this returns the removal survives
+    power loss."""
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        return
+    fsync_dir(os.path.dirname(os.fspath(path)) or ".")
+
+
 def json_bytes(obj: Any) -> bytes:
     """``obj`` as indented JSON in ASCII (anything else escaped, so that non-UTF-8 names
     kept as surrogates stay representable), with a final newline.

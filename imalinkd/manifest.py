@@ -6,8 +6,19 @@ after a crash resume reconciles it with the files on disk. Reading validates eve
 or damaged drive could get wrong and raises ManifestError naming the file.
 
 Entry paths: ``original_path`` is relative to the source, ``storage_path`` relative to the
-session directory and always below ``files/``. See :mod:`imalinkd.paths` for how names that
-are not UTF-8 are stored.
+session directory and always below ``files/``, ``thumbnail`` (the JPEG preview of the
+entry's shot) relative to it and below ``thumbnails/``. See :mod:`imalinkd.paths` for how
+names that are not UTF-8 are stored. No path of the archive on this machine is written:
+texts that would carry one (an error naming a file of the session) name it relative to
+the session directory. ``source_path`` is the one absolute path, and it records where the
+source was (provenance, and where a legacy session's bytes still are), never where the
+archive is.
+
+Versions (``docs/format.md``): ``format_version`` is the major version, raised only for a
+change an older reader would misread; this reader refuses a newer one by name and reads
+every older one. ``format_minor`` counts additions an older reader may ignore.
+
+Every write also brings ``manifest-sha256.txt`` in step (:mod:`imalinkd.checksums`).
 """
 
 from __future__ import annotations
@@ -19,12 +30,13 @@ from typing import Any
 
 import orjson
 
-from imalinkd import durable, paths
+from imalinkd import checksums, durable, paths
 from imalinkd.errors import ManifestError
 
 FILENAME = "metadata.json"
 FORMAT = "imalink-session"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 1  # the major version this code writes and the newest it reads
+FORMAT_MINOR = 1  # 1: thumbnail per entry, manifest-sha256.txt beside the manifest
 STATUSES = ("not_started", "in_progress", "completed", "failed")
 MAX_MANIFEST_BYTES = 512 * 1024 * 1024
 
@@ -39,6 +51,7 @@ class FileEntry:
     mtime: float | None = None
     media: dict[str, Any] | None = None
     media_error: str | None = None
+    thumbnail: str | None = None  # "thumbnails/…jpg", the preview of this file's shot
 
     @property
     def files_relative(self) -> str:
@@ -56,6 +69,8 @@ class FileEntry:
             d["media"] = self.media
         if self.media_error:
             d["media_error"] = self.media_error
+        if self.thumbnail:
+            paths.put_path(d, "thumbnail", self.thumbnail)
         return d
 
 
@@ -112,6 +127,7 @@ class SessionManifest:
         d: dict[str, Any] = {
             "format": FORMAT,
             "format_version": FORMAT_VERSION,
+            "format_minor": FORMAT_MINOR,
             "import_session_id": self.import_session_id,
             "storage_id": self.storage_id,
             "description": self.description,
@@ -138,7 +154,47 @@ class SessionManifest:
 
 
 def write_manifest(session_dir: str | os.PathLike[str], manifest: SessionManifest) -> None:
-    durable.atomic_write_json(os.path.join(session_dir, FILENAME), manifest.as_json())
+    """Write ``metadata.json`` atomically, then ``manifest-sha256.txt`` from it (each file
+    atomic on its own; a crash between the two leaves the checksum file one step behind,
+    listing files that are all still there, and the next write catches it up)."""
+    session_dir = os.fspath(session_dir)
+    data = manifest.as_json()
+    _relative_texts(data, session_dir)
+    durable.atomic_write_json(os.path.join(session_dir, FILENAME), data)
+    checksums.write(session_dir, manifest)
+
+
+def _relative_texts(data: dict[str, Any], session_dir: str) -> None:
+    """Error texts that name a file of this archive by its absolute path on this machine
+    (a reader's ``OSError``, say) name it relative to the session directory instead, or to
+    the root for another session's file: a manifest holds no path of the host."""
+    prefixes = []
+    for d in {session_dir, os.path.realpath(session_dir)}:
+        d = d.rstrip("/")
+        prefixes += [(d + "/", ""), (os.path.dirname(d).rstrip("/") + "/", "")]
+    prefixes.sort(key=lambda p: -len(p[0]))
+
+    def clean(text: Any) -> Any:
+        if isinstance(text, str) and "/" in text:
+            for old, new in prefixes:
+                if old != "/":
+                    text = text.replace(old, new)
+        return text
+
+    data["error"] = clean(data.get("error"))
+    for e in data.get("file_manifest", ()):
+        if "media_error" in e:
+            e["media_error"] = clean(e["media_error"])
+
+
+def _thumbnail(e: dict) -> str | None:
+    """An entry's thumbnail path when it is a safe one below ``thumbnails/``; anything else
+    (a damaged or hostile drive) is dropped: a thumbnail is derived, made again at will."""
+    try:
+        rel = paths.check_relative(paths.get_path(e, "thumbnail"))
+    except (paths.UnsafePathError, KeyError, ValueError):
+        return None
+    return rel if rel.startswith("thumbnails/") else None
 
 
 def _fail(path: str, message: str) -> ManifestError:
@@ -176,6 +232,21 @@ def decode_json(raw: bytes, path: str = FILENAME) -> Any:
         raise _fail(path, f"not valid JSON ({e.__class__.__name__}: {e}); truncated or damaged") from None
 
 
+def check_format(data: dict, path: str = FILENAME) -> None:
+    """Refuse a manifest of another format, or of a newer major version, by name (what it
+    is and what to do); an older version, or one without the fields (written before they
+    existed), is read."""
+    fmt = data.get("format", FORMAT)
+    if fmt != FORMAT:
+        raise _fail(path, f"'format' is {fmt!r}, not {FORMAT!r}: not an imalinkd session manifest")
+    version = data.get("format_version", FORMAT_VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise _fail(path, f"format_version {version!r} is not a version number")
+    if version > FORMAT_VERSION:
+        raise _fail(path, f"format_version {version} is newer than this imalinkd reads (up to {FORMAT_VERSION}); "
+                          "the session was written by a later imalinkd: upgrade imalinkd to read it (docs/format.md)")
+
+
 def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
     """Validate a decoded manifest. Every entry's paths are checked (relative, no ``.`` or
     ``..`` or empty component, no NUL, ``storage_path`` below ``files/`` and listed once),
@@ -190,6 +261,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
 
     if not isinstance(data, dict):
         raise _fail(path, "not a JSON object")
+    check_format(data, path)
 
     def is_plain_safe(p: str) -> bool:
         # True when check_relative accepts p: not empty, no NUL, no empty, "." or ".."
@@ -255,6 +327,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
             mtime if isinstance(mtime, (int, float)) else None,
             media if isinstance(media, dict) else None,
             media_error if isinstance(media_error, str) else None,
+            _thumbnail(e) if "thumbnail" in e or "thumbnail_b64" in e else None,
         ))
     skipped: list[SkippedEntry] = []
     for i, s in enumerate(data.get("skipped_files") or []):

@@ -135,9 +135,21 @@ def extract_media(path: str | os.PathLike) -> MediaInfo:
     """Read the metadata of the file at ``path``. Never raises; see the module docstring."""
     path = Path(path)
     try:
-        return _extract(path)
+        info = _extract(path)
     except Exception as exc:  # the guarantee: a bug in a reader is still only an error text
-        return MediaInfo(error=f"metadata reader failed: {_describe(exc)}")
+        info = MediaInfo(error=f"metadata reader failed: {_describe(exc)}")
+    if info.error and "/" in info.error:
+        info = dataclasses.replace(info, error=_without_directories(info.error, path))
+    return info
+
+
+def _without_directories(text: str, path: Path) -> str:
+    """An error text naming the file by its name, not by where it is on this machine (an
+    ``OSError`` and some readers quote the full path): the text goes into the catalog and
+    the manifest, which hold no host paths."""
+    for full in sorted({str(path), os.path.abspath(path), os.path.realpath(path)}, key=len, reverse=True):
+        text = text.replace(full, path.name)
+    return text
 
 
 def _extract(path: Path) -> MediaInfo:

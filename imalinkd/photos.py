@@ -84,6 +84,21 @@ class PostProcessor:
         return photos
 
 
+def thumbnails_by_shot(catalog: Catalog, row_id: int) -> dict[str, str]:
+    """Photo key → its thumbnail's path relative to the session directory, for the
+    session's Photos that have one."""
+    with catalog.session() as s:
+        return {key: rel for key, rel in s.execute(
+            select(Photo.key, Photo.thumbnail_path).where(Photo.session_id == row_id, Photo.thumbnail_path.is_not(None)))}
+
+
+def record_thumbnails(entries: list[FileEntry], by_shot: dict[str, str]) -> None:
+    """Write into each manifest entry which thumbnail shows it: that of its shot (a RAW
+    and its JPEG share the one made from the JPEG)."""
+    for e in entries:
+        e.thumbnail = by_shot.get(photo_key(e.files_relative))
+
+
 def _lower_priority() -> None:
     """Linux schedules threads one by one: this one yields the CPU to the copy, whose
     hashing keeps both cores of a small machine busy."""

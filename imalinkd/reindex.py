@@ -216,6 +216,8 @@ def _photo_row(entries: list[mf.FileEntry], key: str) -> dict[str, Any]:
         "camera_serial": _text(get("camera_serial")), "lens_model": _text(get("lens_model")),
         "orientation": _int(get("orientation")), "width": _int(get("width")), "height": _int(get("height")),
         "gps_lat": _float(gps_get("lat")), "gps_lon": _float(gps_get("lon")), "gps_alt": _float(gps_get("alt")),
+        # the thumbnail the manifest names for the shot (manifests before format 1.1 name none)
+        "thumbnail_path": next((e.thumbnail for e in entries if e.thumbnail), None),
     }
 
 

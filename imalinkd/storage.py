@@ -93,7 +93,9 @@ def read_marker(root: str | os.PathLike[str]) -> Marker | None:
         raise MarkerError(path=path, message=f"storage_id {data.get('storage_id')!r} is not a UUID") from None
     version = data.get("format_version", FORMAT_VERSION)
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise MarkerError(path=path, message=f"format_version {version!r} is newer than this imalinkd understands")
+        raise MarkerError(path=path, message=f"format_version {version!r} is newer than this imalinkd reads (up to "
+                                                  f"{FORMAT_VERSION}); the archive was written by a later imalinkd: "
+                                                  "upgrade imalinkd to use it (docs/format.md)")
     label = data.get("label") or ""
     return Marker(storage_id=sid, label=str(label), created_at=str(data.get("created_at") or ""), format_version=version)
 

@@ -16,6 +16,45 @@ sys.path.insert(0, str(Path(__file__).parent))
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def schema_checked_writes(tmp_path_factory):
+    """Every metadata.json and config.json marker imalinkd writes during the run, in this
+    process and in those the tests start, is validated against its JSON Schema
+    (``schema_check``); ``manifests_match_their_schema`` fails the test that wrote one that
+    does not match."""
+    import schema_check
+
+    log = tmp_path_factory.getbasetemp() / "schema-check-failures.txt"
+    log.touch()
+    saved = {k: os.environ.get(k) for k in (schema_check.ENV, "PYTHONPATH")}
+    os.environ[schema_check.ENV] = str(log)
+    hook_dir = str(Path(__file__).parent / "schema_hook")
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in (hook_dir, saved["PYTHONPATH"]) if p)
+    schema_check.install()
+    yield log
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(autouse=True)
+def manifests_match_their_schema(schema_checked_writes):
+    """Set up before, torn down after every other fixture of a test (its daemons stopped,
+    its drives unmounted): the schema problems of what it made imalinkd write."""
+    import schema_check
+
+    before = schema_checked_writes.stat().st_size
+    yield
+    with open(schema_checked_writes, encoding="utf-8") as f:
+        f.seek(before)
+        problems = f.read().splitlines()
+    schema_check.FAILURES.clear()
+    if problems:
+        pytest.fail("imalinkd wrote files that do not match their JSON Schema:\n" + "\n".join(problems[:20]), pytrace=False)
+
+
 @pytest.fixture
 def samples() -> Path:
     """The shared real-camera samples (../shared/testdata/exif-samples), by path."""
