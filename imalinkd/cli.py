@@ -297,12 +297,14 @@ def cmd_status(config, args) -> int:
            "sessions_by_status": counts,
            "storage_roots": [{"storage_id": r.storage_id, "label": r.label, "last_seen_path": r.last_seen_path,
                               "free_bytes": r.free_bytes, "total_bytes": r.total_bytes} for r in roots]}
+    out["scrub"] = cli_archive.scrub_overview(catalog)
     if args.json:
         _print_json(out)
     else:
         _say(f"sessions: {', '.join(f'{v} {k}' for k, v in counts.items()) or 'none'}")
         for r in out["storage_roots"]:
             _say(f"storage {r['label']!r} ({r['storage_id']}) last seen at {r['last_seen_path']}")
+        cli_archive.say_scrub_overview(out["scrub"])
     return EXIT_OK
 
 

@@ -90,6 +90,15 @@ class DaemonConfig:
 
 
 @dataclass(frozen=True)
+class ScrubConfig:
+    """Scrubs (imalinkd.scrub): archive drives re-verified a slice at a time."""
+
+    on_plug: bool = True  # scrub a drive each time it is plugged in (after its reindex)
+    budget: str = "10%"  # per scrub: "10%" of the drive's bytes, "20GB", "30m", or "pass"
+    interval_hours: float = 168.0  # a drive that stays plugged in: scrubbed when its last scrub is older; 0: never
+
+
+@dataclass(frozen=True)
 class CardPolicy:
     """A ``[[card]]`` rule. Match fields left empty match anything."""
 
@@ -121,6 +130,7 @@ class Config:
     import_: ImportConfig = field(default_factory=ImportConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
+    scrub: ScrubConfig = field(default_factory=ScrubConfig)
     cards: tuple[CardPolicy, ...] = ()
     drop_folders: tuple[DropFolderPolicy, ...] = ()
     source: str = "embedded defaults"  # where this config came from, for messages
@@ -141,6 +151,19 @@ class Config:
     @property
     def api_token_file(self) -> Path:
         return self.api.token_file or self.daemon.state_dir / "api-token"
+
+
+def _scrub_section(reader: "_Reader", data: Mapping[str, Any]) -> ScrubConfig:
+    from imalinkd.scrub.budget import BudgetError, parse_budget
+
+    scrub = reader.section(data, "scrub", ScrubConfig)
+    try:
+        parse_budget(scrub.budget)
+    except BudgetError as e:
+        reader.fail("scrub.budget", str(e))
+    if scrub.interval_hours < 0:
+        reader.fail("scrub.interval_hours", "must be 0 (never) or more")
+    return scrub
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -178,7 +201,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
     """Turn parsed TOML into a Config. Relative paths are taken relative to ``base``."""
     reader = _Reader(source, base or Path.cwd())
-    known = {"catalog", "storage", "import", "api", "daemon", "card", "drop_folder"}
+    known = {"catalog", "storage", "import", "api", "daemon", "scrub", "card", "drop_folder"}
     reader.reject_unknown(data, known, "")
     daemon = reader.section(data, "daemon", DaemonConfig)
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -234,6 +257,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         import_=imp,
         api=api,
         daemon=daemon,
+        scrub=_scrub_section(reader, data),
         cards=tuple(cards),
         drop_folders=tuple(drops),
         source=source,

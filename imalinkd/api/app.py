@@ -773,6 +773,13 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
     def get_metrics() -> Response:
         return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
+    @app.get("/scrub", tags=["storage"], dependencies=[Read],
+             summary="Scrubs: each drive's progress, the count of files by last result, the files found not intact")
+    def get_scrub() -> dict:
+        from imalinkd.scrub.findings import scrub_status
+
+        return scrub_status(catalog)
+
     @app.get("/health", tags=["metrics"], summary="Liveness: the API answers")
     def get_health() -> dict:
         return {"status": "ok", "version": __version__, "imports_active": len(hub.active())}

@@ -100,12 +100,24 @@ class ImportMetrics:
         self.latency = Histogram("imalinkd_event_to_session_seconds",
                                  "Time from a card or drop-folder event to its import session starting",
                                  buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300), registry=r)
+        self.scrub_checked = Counter("imalinkd_scrub_checked_files",
+                                     "Files re-verified by the daemon's scrubs, by result (ok, damaged, missing, unreadable)",
+                                     ["result"], registry=r)
+        self.scrub_bytes = Counter("imalinkd_scrub_checked_bytes", "Bytes re-read by the daemon's scrubs", registry=r)
         self.scrape_errors = Counter("imalinkd_scrape_errors", "Errors while collecting metrics at scrape time",
                                      ["collector"], registry=r)
         for status in ("completed", "failed", "nothing_new"):
             self.imports.labels(status)
         for result in ("ok", "damaged", "missing"):
             self.verifications.labels(result)
+        for result in ("ok", "damaged", "missing", "unreadable"):
+            self.scrub_checked.labels(result)
+
+    def scrub_checked_file(self, result: str, size: int) -> None:
+        """One file re-verified by a scrub (a damaged one is also a verification result)."""
+        self.scrub_checked.labels(result).inc()
+        self.scrub_bytes.inc(size)
+        self.verifications.labels("damaged" if result == "unreadable" else result).inc()
 
     def progress(self, new_files: int, new_bytes: int, throughput_mb_s: float, active: int) -> None:
         if new_bytes:
@@ -202,6 +214,42 @@ class CatalogCollector:
         yield archived
 
 
+class ScrubCollector:
+    """``imalinkd_scrub_files{result}``: archived files by the result of their last scrub,
+    from the catalog (so it counts what any scrub found: the daemon's or a hand-run one);
+    ``imalinkd_scrub_unchecked_files``: files no scrub has read yet."""
+
+    def __init__(self, catalog, metrics: ImportMetrics) -> None:
+        self.catalog = catalog
+        self.metrics = metrics
+
+    def describe(self) -> Iterable[Metric]:
+        return []
+
+    def collect(self) -> Iterable[Metric]:
+        from sqlalchemy import func, select
+
+        from imalinkd.catalog import Image
+        from imalinkd.scrub.findings import counts_by_result
+
+        files = GaugeMetricFamily("imalinkd_scrub_files", "Archived file copies by the result of their last scrub "
+                                  "(ok, damaged, missing, unreadable)", labels=["result"])
+        try:
+            with self.catalog.session() as s:
+                counts = counts_by_result(s)
+                images = s.scalar(select(func.count(Image.id))) or 0
+        except Exception as e:
+            self.metrics.scrape_errors.labels("scrub").inc()
+            log.warning("metrics_scrub_failed", error=f"{type(e).__name__}: {e}")
+            return
+        for result, n in counts.items():
+            files.add_metric([result], n)
+        unchecked = GaugeMetricFamily("imalinkd_scrub_unchecked_files", "Archived files that no scrub has read yet")
+        unchecked.add_metric([], max(0, images - sum(counts.values())))
+        yield files
+        yield unchecked
+
+
 class StorageCollector:
     """Free space and utilisation of every storage root reachable now (``locate.scan_locations``)."""
 
@@ -253,4 +301,5 @@ def app_registry(config, catalog, metrics: ImportMetrics) -> CollectorRegistry:
     registry.register(_Delegate(metrics.registry))
     registry.register(CatalogCollector(catalog, metrics))
     registry.register(StorageCollector(config, catalog, metrics))
+    registry.register(ScrubCollector(catalog, metrics))
     return registry

@@ -15,11 +15,11 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from imalinkd.catalog.models import Base, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
+from imalinkd.catalog.models import Base, FileCheck, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
 from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError, human_bytes
 
 __all__ = [
-    "Base", "Catalog", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
+    "Base", "Catalog", "FileCheck", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"

@@ -9,7 +9,7 @@ import os
 from datetime import datetime
 
 import orjson
-from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text
+from sqlalchemy import BigInteger, Boolean, DateTime, Float, ForeignKey, Index, Integer, LargeBinary, String, Text, UniqueConstraint
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
@@ -78,6 +78,13 @@ class StorageRoot(Base):
     last_verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     free_bytes: Mapped[int | None] = mapped_column(BigInteger)
     total_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    # Scrubs (imalinkd.scrub): the sequence number of this drive's latest file check, the
+    # one at which its current pass began (a file checked after it is done for this pass),
+    # how many passes completed, and when the last scrub ran. NULL: never scrubbed.
+    scrub_seq: Mapped[int | None] = mapped_column(BigInteger)
+    scrub_pass_seq: Mapped[int | None] = mapped_column(BigInteger)
+    scrub_passes: Mapped[int | None] = mapped_column(Integer)
+    last_scrub_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ImportSession(Base):
@@ -212,3 +219,18 @@ class SessionCopy(Base):
     files_digest: Mapped[str | None] = mapped_column(String(32))
 
     session: Mapped[ImportSession] = relationship(back_populates="copies")
+
+
+class FileCheck(Base):
+    """The last scrub of one archived file on one drive (a replica has its own row)."""
+
+    __tablename__ = "file_checks"
+    __table_args__ = (UniqueConstraint("image_id", "storage_id", name="uq_file_checks_image_storage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    storage_id: Mapped[str] = mapped_column(String(36), index=True)
+    checked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    seq: Mapped[int] = mapped_column(BigInteger)  # the drive's scrub_seq when it was checked
+    result: Mapped[str] = mapped_column(String(16), index=True)  # ok | damaged | missing | unreadable
+    detail: Mapped[str | None] = mapped_column(Text)
