@@ -157,6 +157,11 @@ class ImportGate:
                     self._reindexing = False
                     self._cond.notify_all()
 
+    def busy(self) -> bool:
+        """Whether an import runs now (a scrub pauses meanwhile)."""
+        with self._cond:
+            return self._imports > 0
+
     def wake(self) -> None:
         """Let waiters look at their cancel events again (not from a signal handler)."""
         with self._cond:
@@ -224,6 +229,7 @@ class Daemon:
         self.gate = ImportGate()
         self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
         self.api: Any = None
+        self.scrubs: Any = None  # imalinkd.scrub.scheduler.ScrubScheduler
 
     # -- lifecycle --
 
@@ -242,6 +248,7 @@ class Daemon:
             log.error("event_sources_failed", error=str(e))
             return 1
         self._start_api()
+        self._start_scrubs()
         log.info("daemon_ready", config=self.config.source, pid=os.getpid())
         self.notifier.ready(status=self._status())
         try:
@@ -259,6 +266,22 @@ class Daemon:
             self.api = start_api_server(self.config, self.catalog, self.hub)
         except Exception as e:
             log.error("api_unavailable", listen=self.config.api.listen, error=str(e))
+
+    def _start_scrubs(self) -> None:
+        """Scrubs of archive drives (imalinkd.scrub.scheduler), in a thread of their own."""
+        from imalinkd.scrub.scheduler import ScrubScheduler
+
+        metrics = self.hub.metrics if self.hub is not None else None
+        self.scrubs = ScrubScheduler(self.config, self.catalog, importing=self.gate.busy, on_damage=self._scrub_damage,
+                                     on_checked=metrics.scrub_checked_file if metrics is not None else None)
+        self.scrubs.start()
+
+    def _scrub_damage(self, finding: Any) -> None:
+        """A scrub found an archived file not intact (it is logged by name already): the
+        one place the user is told. Today: systemd's STATUS line; a user-notification
+        channel, when there is one, is called from here."""
+        self.state.last_note = f"scrub found {finding.result} {finding.directory_name}/{finding.path} on {finding.label!r}"
+        self._update_status()
 
     def _install_signals(self) -> None:
         def on_term(signum: int, _frame: Any) -> None:
@@ -341,6 +364,8 @@ class Daemon:
                 self._unmount_automounted(device)
         if self.api is not None:
             self.api.stop()
+        if self.scrubs is not None:
+            self.scrubs.stop()
         if self.catalog is not None:
             try:
                 self.catalog.close()
@@ -475,6 +500,8 @@ class Daemon:
                     self.gate.wake()
         elif record.kind == "archive":
             log.info("archive_unmounted", mount_point=str(event.mount_point))
+            if self.scrubs is not None:
+                self.scrubs.drive_gone(event.mount_point)
 
     def on_block_device_added(self, event: BlockDeviceAdded) -> None:
         log.info(
@@ -529,6 +556,10 @@ class Daemon:
         log.info("job_finished", job=event.key, outcome=event.outcome, session_id=event.session_uuid)
         if job is None:
             return
+        if job.kind == "reindex" and event.outcome == "completed" and self.scrubs is not None:
+            record = self.state.mounts.get(job.mount_point)
+            if record is not None:  # still plugged in: scrub a slice of it now that the catalog knows it
+                self.scrubs.drive_indexed(record.storage_roots)
         if job.kind == "card" and job.card is not None:
             card = job.card
             if event.outcome == "waiting_for_storage" and not self.stopping.is_set():

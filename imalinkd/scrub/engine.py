@@ -71,7 +71,7 @@ class ScrubReport:
     sessions_absent: list[str] = field(default_factory=list)  # directories not on the drive now
     pass_completed: bool = False
     left_in_pass: int = 0
-    stopped: str | None = None  # "budget", "cancelled", or None (the pass is complete)
+    stopped: str | None = None  # "budget", "cancelled", "drive_gone", or None (the pass is complete)
 
     @property
     def clean(self) -> bool:
@@ -256,6 +256,7 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
     deadline = [time.monotonic() + budget.seconds] if budget.seconds is not None else None
     log.info("scrub_started", storage_id=sid, label=marker.label, storage_root=root, budget=str(budget),
              files_on_drive=len(files), left_in_pass=len(due))
+    root_dev = os.stat(root).st_dev
     recorder = _Recorder(catalog, sid, seq)
     trees: dict[str, SafeTree | None] = {}
     done = 0
@@ -277,6 +278,9 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
                 result, detail = check_file(tree.path(f.rel), f.size, f.sha256, pause, cancel, deadline)
             except _Stop:
                 report.stopped = "cancelled" if cancel.is_set() else "budget"
+                break
+            if result != "ok" and not _still_there(root, root_dev):
+                report.stopped = "drive_gone"  # what failed is the drive leaving, not the file
                 break
             done += 1
             recorder.add(f, result, detail)
@@ -303,6 +307,15 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
              damaged=len(report.findings), pass_completed=report.pass_completed, left_in_pass=report.left_in_pass,
              stopped=report.stopped)
     return report
+
+
+def _still_there(root: str, dev: int) -> bool:
+    """Is the drive the scrub began on still mounted at ``root``? (A pulled drive makes its
+    files look missing or unreadable; that is not damage.)"""
+    try:
+        return os.stat(root).st_dev == dev and storage.read_marker(root) is not None
+    except Exception:
+        return False
 
 
 def _found(catalog: Catalog, report: ScrubReport, f: FileToCheck, result: str, detail: str | None,
