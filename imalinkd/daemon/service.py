@@ -589,6 +589,8 @@ class Daemon:
             return
         old = self.config
         self.config = new
+        if self.scrubs is not None:
+            self.scrubs.config = new  # the next scrub takes the new [scrub] keys
         log.info("config_reloaded", config=new.source)
         if new.drop_folders != old.drop_folders:
             if self.drop_source is not None:

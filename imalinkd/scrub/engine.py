@@ -30,7 +30,7 @@ from datetime import datetime
 from typing import Callable
 
 import structlog
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, or_, select, update
 
 from imalinkd import durable, paths, storage
 from imalinkd.catalog import Catalog, FileCheck, Image, ImportSession, SessionCopy, StorageRoot
@@ -109,31 +109,31 @@ def lower_io_priority() -> None:
 
 
 def _drive_files(s, storage_id: str) -> tuple[list[FileToCheck], dict[int, int]]:
-    """Every file the catalog knows on this drive, and the sequence number of each one's
-    last check here (image id → seq)."""
-    dirs: dict[int, tuple[str, str]] = {}  # session row id → (uuid, directory name on this drive)
-    for sid, uuid_, name in s.execute(select(ImportSession.id, ImportSession.storage_uuid, ImportSession.storage_directory_name)
-                                      .where(ImportSession.storage_id == storage_id, ImportSession.copy_files.is_(True),
-                                             ImportSession.copy_status != "in_progress")):
-        if name:
-            dirs[sid] = (uuid_, name)
-    for sid, uuid_, name in s.execute(select(ImportSession.id, ImportSession.storage_uuid, SessionCopy.storage_directory_name)
-                                      .join(SessionCopy, SessionCopy.session_id == ImportSession.id)
-                                      .where(SessionCopy.storage_id == storage_id, ImportSession.copy_files.is_(True),
-                                             ImportSession.copy_status != "in_progress")):
-        dirs.setdefault(sid, (uuid_, name))
+    """Every file the catalog knows on this drive (sessions whose home it is, then those
+    with a replica on it), and the sequence number of each one's last check here (image id
+    → seq). Sessions being written now are left out: their files were just verified."""
+    wanted = (Image.id, ImportSession.storage_uuid, Image.storage_relative_path, Image.file_size, Image.sha256)
+    live = (ImportSession.copy_files.is_(True), ImportSession.copy_status != "in_progress")
+    home = (select(*wanted, ImportSession.storage_directory_name).join(ImportSession, Image.session_id == ImportSession.id)
+            .where(ImportSession.storage_id == storage_id, ImportSession.storage_directory_name.is_not(None), *live))
+    replica = (select(*wanted, SessionCopy.storage_directory_name).join(ImportSession, Image.session_id == ImportSession.id)
+               .join(SessionCopy, SessionCopy.session_id == ImportSession.id)
+               .where(SessionCopy.storage_id == storage_id, or_(ImportSession.storage_id.is_(None), ImportSession.storage_id != storage_id),
+                      *live))
     checks = {image_id: (cid, seq) for cid, image_id, seq in s.execute(
         select(FileCheck.id, FileCheck.image_id, FileCheck.seq).where(FileCheck.storage_id == storage_id))}
     files: list[FileToCheck] = []
     seqs: dict[int, int] = {}
-    for image_id, session_id, rel, size, sha in s.execute(
-            select(Image.id, Image.session_id, Image.storage_relative_path, Image.file_size, Image.sha256)
-            .where(Image.session_id.in_(list(dirs)))):
-        uuid_, name = dirs[session_id]
-        cid, seq = checks.get(image_id, (None, None))
-        files.append(FileToCheck(image_id, uuid_, name, rel, size, sha, cid))
-        if seq is not None:
-            seqs[image_id] = seq
+    seen: set[int] = set()
+    for query in (home, replica):
+        for image_id, uuid_, rel, size, sha, name in s.execute(query):
+            if image_id in seen:
+                continue
+            seen.add(image_id)
+            cid, seq = checks.get(image_id, (None, None))
+            files.append(FileToCheck(image_id, uuid_, name, rel, size, sha, cid))
+            if seq is not None:
+                seqs[image_id] = seq
     return files, seqs
 
 
