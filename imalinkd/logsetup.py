@@ -29,3 +29,31 @@ def configure_logging(level: str = "info", json: bool = True, stream=None) -> No
         logger_factory=structlog.PrintLoggerFactory(file=stream or sys.stderr),
         cache_logger_on_first_use=False,
     )
+    _stdlib_warnings(stream)
+
+
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record (it may be replaced)."""
+
+    @property
+    def stream(self):  # type: ignore[override]
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def _stdlib_warnings(stream) -> None:
+    """Warnings and errors of the libraries' own ``logging`` loggers (uvicorn, asyncio) to the
+    same stream, secrets masked; without this they would go, unmasked, to logging's
+    last-resort handler."""
+    root = logging.getLogger()
+    for handler in [h for h in root.handlers if getattr(h, "_imalinkd", False)]:
+        root.removeHandler(handler)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
+    handler._imalinkd = True  # type: ignore[attr-defined]
+    handler.setLevel(logging.WARNING)
+    handler.addFilter(redact.LogFilter())
+    handler.setFormatter(logging.Formatter("%(name)s: %(levelname)s: %(message)s"))
+    root.addHandler(handler)

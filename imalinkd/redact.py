@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 MASK = "***"
 # scheme://user:password@ — the password is anything up to the last '@' before the host
 _URL_PASSWORD = re.compile(r"(?P<head>\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s:/@]*:)(?P<pw>[^\s@/]*(?:@[^\s@/]*)*)(?=@)")
-_MIN_SECRET = 4  # shorter strings would mask ordinary words
+_MIN_SECRET = 8  # shorter ones would mask ordinary words and parts of paths; URLs are caught by shape
 
 _secrets: set[str] = set()
 _lock = threading.Lock()
@@ -94,6 +94,23 @@ def value(obj: object) -> object:
     if isinstance(obj, (list, tuple)):
         return type(obj)(value(v) for v in obj)
     return obj
+
+
+class LogFilter:
+    """A ``logging`` filter doing the same for records of the standard library's loggers
+    (uvicorn, asyncio): the message, its arguments and a formatted traceback."""
+
+    def filter(self, record) -> bool:
+        record.msg = text(record.getMessage())
+        record.args = ()
+        if record.exc_info and not record.exc_text:
+            import logging
+
+            record.exc_text = logging.Formatter().formatException(record.exc_info)
+        if record.exc_text:
+            record.exc_text = text(record.exc_text)
+            record.exc_info = None
+        return True
 
 
 def log_processor(_logger: object, _method: str, event_dict: dict) -> dict:

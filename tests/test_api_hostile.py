@@ -52,6 +52,18 @@ def _read_until_closed(s: socket.socket) -> bytes:
         out += chunk
 
 
+def _read_one_answer(s: socket.socket) -> bytes:
+    """One whole answer (headers and its Content-Length of body) from a kept-alive connection."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        data += s.recv(65536)
+    head, body = data.split(b"\r\n\r\n", 1)
+    length = next(int(line.split(b":", 1)[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length:"))
+    while len(body) < length:
+        body += s.recv(65536)
+    return head + b"\r\n\r\n" + body
+
+
 # --- DNS rebinding -------------------------------------------------------------------------------
 
 
@@ -158,10 +170,20 @@ def test_a_kept_alive_connection_gets_the_timeout_again_for_its_next_request(tmp
     try:
         with _connect(e) as s:
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
-            first = s.recv(65536)
-            assert first.startswith(b"HTTP/1.1 200")
+            assert _read_one_answer(s).startswith(b"HTTP/1.1 200")
             s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n")  # the second one never ends
             assert _read_until_closed(s).startswith(b"HTTP/1.1 408")
+    finally:
+        e.close()
+
+
+def test_an_idle_kept_alive_connection_is_closed_after_the_idle_timeout(tmp_path):
+    e = Env(tmp_path, tmp_path / "archive", idle_timeout_seconds=1).start()
+    try:
+        with _connect(e) as s:
+            s.sendall(b"GET /health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+            answer = _read_until_closed(s)  # answered, then closed once idle
+        assert answer.startswith(b"HTTP/1.1 200") and answer.endswith(b"}")
     finally:
         e.close()
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import glob
 import io
 import json
+import logging
 import os
 import shutil
 import socket
@@ -149,13 +150,16 @@ def test_log_lines_and_tracebacks_never_show_a_registered_secret_or_a_url_passwo
             raise RuntimeError(f"cannot reach mysql://admin:hunter22@db/x with p@ss-word and {token}")
         except RuntimeError:
             log.exception("boom")
+        logging.getLogger("uvicorn.error").error("peer sent %s", "Bearer " + token)  # a library's own logger
     finally:
         structlog.reset_defaults()
+        configure_logging("warning", json=False)  # logging's handlers back on stderr
     text = out.getvalue()
     for secret in (token, "p%40ss-word", "p@ss-word", "hunter22"):
         assert secret not in text
-    lines = [json.loads(line) for line in text.splitlines()]
+    lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert lines[0]["url"] == "postgresql://u:***@db/x" and "RuntimeError" in lines[1]["exception"]
+    assert "uvicorn.error: ERROR: peer sent Bearer ***" in text
 
 
 # --- layouts that cannot work --------------------------------------------------------------------
