@@ -22,6 +22,7 @@ SYSTEM_CONFIG = Path("/etc/imalinkd/imalinkd.toml")
 VERIFY_LEVELS = ("size", "sha256", "paranoid")
 CARD_AFTER_IMPORT = ("none", "unmount", "power-off")
 DROP_AFTER_IMPORT = ("keep", "delete")
+UNPLUGGED_DUPLICATES = ("copy", "skip")
 
 
 def default_state_dir() -> Path:
@@ -67,6 +68,9 @@ class ImportConfig:
     include: tuple[str, ...] = ()  # file extensions to take (empty: all regular files)
     exclude: tuple[str, ...] = ()  # glob patterns of paths to leave alone
     checkpoint_seconds: float = 2.0  # how often metadata.json is rewritten during a copy
+    # a file whose only archived copies are on drives not plugged in: "copy" it again, or
+    # "skip" it as a duplicate unchecked (the source is then never called unneeded)
+    unplugged_duplicates: str = "copy"
 
 
 @dataclass(frozen=True)
@@ -220,6 +224,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         reader.fail("storage.search_depth", "must be 0 or more")
     imp = reader.section(data, "import", ImportConfig)
     reader.check_choice("import.verify", imp.verify, VERIFY_LEVELS)
+    reader.check_choice("import.unplugged_duplicates", imp.unplugged_duplicates, UNPLUGGED_DUPLICATES)
     if not 1 <= imp.workers <= 64:
         reader.fail("import.workers", "must be between 1 and 64")
     if not 1 <= imp.readers <= 16:

@@ -89,6 +89,8 @@ class Copied:
     storage_rel: str  # below files/
     sha256: str
     copied_at: str
+    size: int  # of the bytes read, hashed and written (the scan may have seen another)
+    mtime_ns: int  # the source's, unchanged from the start of the read to its end
 
 
 @dataclass
@@ -107,6 +109,32 @@ class Written:
     sink: durable.Sink
     outcome: durable.CopyOutcome
     times_ns: tuple[int, int]
+
+
+CHANGED_DURING_COPY = ("changed while it was being copied (its size or modification time moved during the read); "
+                       "not archived from that read: resume copies it once it is no longer written to")
+
+
+def _changed(before: os.stat_result, after: os.stat_result) -> bool:
+    return (before.st_size, before.st_mtime_ns) != (after.st_size, after.st_mtime_ns)
+
+
+def not_archived_summary(items: list[tuple[str, str]]) -> str:
+    """The session's error when files it meant to import were not archived: the first by
+    name with its reason, and how many more (each is in the session's skipped list)."""
+    rel, reason = items[0]
+    more = f"; {len(items) - 1} more are listed among the session's skipped files" if len(items) > 1 else ""
+    return f"{len(items)} file(s) not archived: {paths.display(rel)}: {reason}{more}"
+
+
+class _Either:
+    """Set when either event is: a read half-way stops for a stop request or an abort."""
+
+    def __init__(self, a: threading.Event, b: threading.Event) -> None:
+        self.a, self.b = a, b
+
+    def is_set(self) -> bool:
+        return self.a.is_set() or self.b.is_set()
 
 
 # --- the engine --------------------------------------------------------------------------------
@@ -145,6 +173,11 @@ class CopyStage:
         self.thumbnails = thumbnails
         self.cancel = cancel or threading.Event()
         self.abort = threading.Event()
+        self.stop = _Either(self.cancel, self.abort)  # what ends a read half-way
+        self.temp_dir = os.path.join(session_dir, durable.TEMP_DIR)
+        # files the policy meant to import that this run did not archive, with the reason:
+        # each keeps the session from completing (those the scan could not even list too)
+        self.not_archived: list[tuple[str, str]] = [(s.rel, s.reason) for s in scan.skipped if getattr(s, "error", False)]
         self.progress_cb = progress_cb
         self.progress = progress
         self._bytes_lock = threading.Lock()
@@ -193,7 +226,7 @@ class CopyStage:
             fd = os.open(src, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
         except OSError as e:
             return self._source_failure(f, e)
-        sink = durable.Sink(os.path.join(self.files_dir, f.rel))
+        sink = durable.Sink(os.path.join(self.files_dir, f.rel), self.temp_dir)
         try:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
@@ -203,16 +236,22 @@ class CopyStage:
             except OSError as e:
                 return self._dest_failure(f, "create", e)
             try:
-                outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.cancel)
+                outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.stop)
+                after = os.fstat(fd)
             except durable.SourceIOError as e:
                 sink.discard()
                 return self._source_failure(f, e)
             except InterruptedError:
                 sink.discard()
-                return NotCopied(f, "interrupted (stop requested)", fatal=True)
+                if self.cancel.is_set():
+                    return NotCopied(f, "interrupted (stop requested)", fatal=True)
+                return NotCopied(f, "not finished: the session stopped on an earlier error", fatal=True, knock_on=True)
             except OSError as e:
                 sink.discard()
                 return self._dest_failure(f, "write", e)
+            if _changed(st, after) or outcome.size != after.st_size:
+                sink.discard()
+                return NotCopied(f, CHANGED_DURING_COPY, fatal=False)
             if known_sha is not None and known_sha != outcome.sha256:
                 sink.discard()
                 return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
@@ -250,7 +289,7 @@ class CopyStage:
             storage_rel = self._commit(sink, f.rel)
             if storage_rel is None:
                 return NotCopied(f, "no free name in the archive for it", fatal=False)
-            return Copied(f, storage_rel, outcome.sha256, storage.iso(storage.utcnow()) or "")
+            return Copied(f, storage_rel, outcome.sha256, storage.iso(storage.utcnow()) or "", outcome.size, w.times_ns[1])
         except OSError as e:
             sink.discard()
             return self._dest_failure(f, "commit", e)
@@ -309,6 +348,7 @@ class CopyStage:
         finished, which bounds the dirty data and what a stop leaves behind."""
         self.progress.phase = "file_copying"
         self._report(force=True)
+        os.makedirs(self.temp_dir, exist_ok=True)
         post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size, self.thumbnails)
         results: queue.Queue = queue.Queue()
         slots = threading.Semaphore(self.workers * 2)
@@ -369,6 +409,33 @@ class CopyStage:
             t.start()
         supervisor = threading.Thread(target=supervise, name="imalinkd-copy-supervisor", daemon=True)
         supervisor.start()
+        try:
+            self._collect(results, done_reading, post)
+            supervisor.join()
+            self.flush()
+        except BaseException:
+            # A checkpoint failed (the catalog's disk full, say): no thread of this copy may
+            # go on writing once the caller marks the session failed and lets go of its
+            # lock. Stop them, wait for them, and take what they committed into the
+            # manifest (the catalog learns it from there, on resume).
+            self.abort.set()
+            supervisor.join()
+            self._drain(results, done_reading)
+            post.abandon()
+            raise
+        self.progress.current_file = None
+        if unattempted[0] and self.fatal is None:
+            self.fatal = "interrupted (stop requested)" if self.cancel.is_set() else "stopped on an earlier error"
+        if self.fatal is None and self.not_archived:
+            self.fatal = not_archived_summary(self.not_archived)
+        if self.fatal is None and self.thumbnails:
+            self.progress.phase = "post_processing"
+            self._report(force=True)
+        self.photos = post.finish(self.thumbnails and self.fatal is None)
+        record_thumbnails(self.manifest.file_manifest, thumbnails_by_shot(self.catalog, self.row_id))
+
+    def _collect(self, results: queue.Queue, done_reading: object, post: PostProcessor) -> None:
+        """Record results as they come, with a checkpoint now and then, until all are in."""
         last_checkpoint = time.monotonic()
         while True:
             try:
@@ -376,25 +443,25 @@ class CopyStage:
             except queue.Empty:
                 item = None
             if item is done_reading:
-                break
+                return
             if item is not None:
                 self._record(item, post)
             if time.monotonic() - last_checkpoint >= self.config.import_.checkpoint_seconds:
                 self.checkpoint()
                 last_checkpoint = time.monotonic()
             self._report()
-        supervisor.join()
-        self.flush()
-        self.progress.current_file = None
-        if unattempted[0] and self.fatal is None:
-            self.fatal = "interrupted (stop requested)" if self.cancel.is_set() else "stopped on an earlier error"
-        if self.fatal is None and self.thumbnails:
-            self.progress.phase = "post_processing"
-            self._report(force=True)
-        self.photos = post.finish(self.thumbnails and self.fatal is None)
-        record_thumbnails(self.manifest.file_manifest, thumbnails_by_shot(self.catalog, self.row_id))
 
-    def _record(self, result: Copied | NotCopied, post: PostProcessor) -> None:
+    def _drain(self, results: queue.Queue, done_reading: object) -> None:
+        """After the threads ended: what they left in the queue, into the manifest only."""
+        while True:
+            try:
+                item = results.get_nowait()
+            except queue.Empty:
+                return
+            if item is not done_reading:
+                self._record(item, None)
+
+    def _record(self, result: Copied | NotCopied, post: PostProcessor | None) -> None:
         """Take one result into the manifest and the pending catalog rows (main thread)."""
         if isinstance(result, NotCopied):
             if result.fatal:
@@ -405,6 +472,7 @@ class CopyStage:
                     log.error("import_stopped", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)
                 return
             log.warning("file_not_imported", session_id=self.manifest.import_session_id, file=paths.display(result.file.rel), reason=result.reason)
+            self.not_archived.append((result.file.rel, result.reason))
             entry = SkippedEntry(result.file.rel, result.reason, result.file.size)
             self.manifest.skipped.append(entry)
             self._pending_skips.append(entry)
@@ -413,17 +481,18 @@ class CopyStage:
         entry = FileEntry(
             original_path=f.rel,
             storage_path="files/" + result.storage_rel,
-            file_size=f.size,
+            file_size=result.size,
             sha256=result.sha256,
             copied_at=result.copied_at,
-            mtime=f.mtime_ns / 1e9,
+            mtime=result.mtime_ns / 1e9,
         )
         self.manifest.file_manifest.append(entry)
         self._pending_images.append(entry)
         self.copied_now += 1
         self.progress.files_done += 1
         self._report(force=True)
-        post.submit(entry)
+        if post is not None:
+            post.submit(entry)
 
     def flush(self) -> None:
         """Write the pending catalog rows in one transaction. Files committed on disk but

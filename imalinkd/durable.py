@@ -5,8 +5,10 @@ Guarantees, in the words the rest of the code relies on:
 * ``atomic_write_bytes``/``atomic_write_json``: after they return, the file has either its old
   or its new content after a power cut, never a mix, and its name survives.
 * ``copy_to_sinks``: reads the source exactly once, feeding every sink (one per destination)
-  and a sha256 of the bytes read. Each ``Sink`` writes to a temporary name beside its target
-  and only ``commit`` gives the data its final name, after fsync and verification.
+  and a sha256 of the bytes read. Each ``Sink`` writes to a temporary file and only
+  ``commit`` gives the data its final name, after fsync and verification. An import keeps
+  its temporary files in a directory of their own (``TEMP_DIR`` in the session directory,
+  beside ``files/``), under names it makes up: no source file name can meet them.
 * ``hash_from_disk``: re-reads a file from the device, not from the page cache (the cached
   pages are dropped first), so a verification sees what the disk holds.
 
@@ -21,6 +23,7 @@ import hashlib
 import json
 import os
 import threading
+import uuid
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
@@ -28,6 +31,7 @@ import orjson
 
 CHUNK = 1024 * 1024  # fits the CPU caches: hashing and writing a chunk reuse hot memory
 TEMP_PREFIX = ".imalinkd-partial-"
+TEMP_DIR = ".imalinkd-tmp"  # a session's temporary copies: beside files/, on its file system
 _RENAME_LOCK = threading.Lock()  # commits on file systems without hard links
 
 
@@ -171,26 +175,30 @@ def hash_from_disk(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 class Sink:
-    """One destination of a copy: a temporary file beside ``target``.
+    """One destination of a copy: a temporary file, in ``temp_dir`` (which must be on the
+    target's file system) or else beside ``target``.
 
     Life cycle: ``open`` → ``write``* → ``finish`` (fsync) → ``commit`` (rename, fsync dir),
     or ``discard`` at any point. ``commit`` refuses to replace an existing file: a name
-    collision never overwrites anything.
+    collision never overwrites anything. The temporary file is created exclusively, under a
+    fresh random name, so it never opens (or truncates) a file that is already there.
     """
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, temp_dir: str | None = None) -> None:
         self.target = target
-        d, base = os.path.split(target)
-        self.directory = d
         # A short fixed-length name: a long source name plus a suffix could pass NAME_MAX.
-        tag = hashlib.sha1(os.fsencode(base)).hexdigest()[:16]
-        self.temp = os.path.join(d, f"{TEMP_PREFIX}{tag}")
+        self.temp = os.path.join(temp_dir or self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}")
         self.fd = -1
         self.size = 0
 
+    @property
+    def directory(self) -> str:
+        """The target's directory (``commit`` may be retried under another target)."""
+        return os.path.dirname(self.target)
+
     def open(self) -> None:
         os.makedirs(self.directory, exist_ok=True)
-        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
 
     def write(self, data: memoryview) -> None:
         while data:
@@ -303,6 +311,31 @@ def copy_to_sinks(
 
 def is_partial_name(name: str) -> bool:
     return name.startswith(TEMP_PREFIX)
+
+
+def is_legacy_partial_name(name: str) -> bool:
+    """The name earlier versions gave a temporary copy beside its target (the prefix and
+    16 hex digits); such a file in ``files/`` that nothing records is a leftover."""
+    tag = name[len(TEMP_PREFIX):]
+    return name.startswith(TEMP_PREFIX) and len(tag) == 16 and all(c in "0123456789abcdef" for c in tag)
+
+
+def clear_temp_dir(path: str | os.PathLike[str]) -> int:
+    """Delete the temporary copies an interrupted import left in its ``TEMP_DIR``; returns
+    how many. Nothing in it has a final name, so nothing in it is kept."""
+    n = 0
+    try:
+        entries = list(os.scandir(path))
+    except FileNotFoundError:
+        return 0
+    for entry in entries:
+        if entry.is_file(follow_symlinks=False) or entry.is_symlink():
+            try:
+                os.unlink(entry.path)
+                n += 1
+            except FileNotFoundError:
+                pass
+    return n
 
 
 def remove_partials(root: str | os.PathLike[str], keep: Callable[[str], bool] = lambda p: False) -> int:

@@ -23,12 +23,13 @@ from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import structlog
-from sqlalchemy import select
+from sqlalchemy import delete, select
 
 from imalinkd import durable, paths, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
-from imalinkd.copier import CopyStage, Progress, ProgressCallback
+from imalinkd.copier import CopyStage, Progress, ProgressCallback, not_archived_summary
+from imalinkd.duplicates import UNCHECKED_DUPLICATE, ArchivedCopies
 from imalinkd.errors import (
     CatalogError,
     ImalinkError,
@@ -44,7 +45,7 @@ from imalinkd.maintenance import VerifyReport, rollback_session, verify_sessions
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, read_manifest, write_manifest
 from imalinkd.naming import render_description
 from imalinkd.photos import build_photos, make_thumbnails
-from imalinkd.plan import plan_copy
+from imalinkd.plan import Plan, plan_copy
 from imalinkd.scan import ScanResult, SourceFile, scan_source
 from imalinkd.sessions import (
     SessionLock,
@@ -117,44 +118,20 @@ class ImportResult:
         }
 
 
-# --- planning helpers that ask the catalog ---------------------------------------------
-
-# What counts as archived: files of completed sessions whose copies are in an archive —
-# not legacy (in-place) sessions, not sessions whose directory is gone from its drive.
-_ARCHIVED = (ImportSession.copy_status == "completed", ImportSession.copy_files.is_(True), ImportSession.missing.is_(False))
+# --- planning helpers -------------------------------------------------------------------------
 
 
-def _archived_sizes(catalog: Catalog) -> Callable[[set[int]], set[int]]:
-    def look(sizes: set[int]) -> set[int]:
-        found: set[int] = set()
-        ordered = sorted(sizes)
-        with catalog.session() as s:
-            for i in range(0, len(ordered), 500):
-                chunk = ordered[i : i + 500]
-                q = (
-                    select(Image.file_size).distinct()
-                    .join(ImportSession, Image.session_id == ImportSession.id)
-                    .where(*_ARCHIVED, Image.file_size.in_(chunk))
-                )
-                found.update(s.scalars(q))
-        return found
-
-    return look
+def _plan(config: Config, catalog: Catalog, source: str, files: list[SourceFile]) -> tuple[Plan, list[SkippedEntry]]:
+    """The plan for ``files`` (duplicates only of archived copies that are there now) and
+    the skipped entries of its duplicates."""
+    copies = ArchivedCopies(config, catalog)
+    plan = plan_copy(files, copies.sizes, _hash_source(source), copies.find)
+    dups = [SkippedEntry(d.file.rel, copies.reason(d.duplicate_of), d.file.size, d.sha256, d.duplicate_of) for d in plan.duplicates]
+    return plan, dups
 
 
-def _find_archived(catalog: Catalog) -> Callable[[str, int], str | None]:
-    def look(sha: str, size: int) -> str | None:
-        with catalog.session() as s:
-            q = (
-                select(ImportSession.storage_uuid, Image.storage_relative_path)
-                .join(ImportSession, Image.session_id == ImportSession.id)
-                .where(*_ARCHIVED, Image.sha256 == sha, Image.file_size == size)
-                .limit(1)
-            )
-            hit = s.execute(q).first()
-        return f"{hit[0]}:files/{paths.display(hit[1])}" if hit else None
-
-    return look
+def _unchecked(skipped: list[SkippedEntry]) -> int:
+    return sum(1 for e in skipped if e.duplicate_of and e.reason == UNCHECKED_DUPLICATE)
 
 
 def _hash_source(root: str) -> Callable[[SourceFile], str | None]:
@@ -231,15 +208,13 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
     prog.files_total = len(scan.files)
     if progress_cb:
         progress_cb(prog)
-    plan = plan_copy(scan.files, _archived_sizes(catalog), _hash_source(source), _find_archived(catalog))
-    skipped = [SkippedEntry(s.rel, s.reason) for s in scan.skipped]
-    skipped += [SkippedEntry(d.file.rel, "duplicate of an archived file", d.file.size, d.sha256, d.duplicate_of) for d in plan.duplicates]
+    plan, dups = _plan(config, catalog, source, scan.files)
+    skipped = [SkippedEntry(s.rel, s.reason) for s in scan.skipped] + dups
     for s in scan.skipped:
         log.info("source_entry_skipped", source=source, path=paths.display(s.rel), reason=s.reason)
     if not plan.to_copy:
         log.info("import_nothing_new", source=source, duplicates=len(plan.duplicates), skipped=len(scan.skipped))
-        return ImportResult(None, None, None, "completed", duplicates_skipped=len(plan.duplicates), skipped=skipped,
-                            message=f"nothing new: {len(plan.duplicates)} file(s) already archived; no session created")
+        return _nothing_new(scan, plan, skipped)
     preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free)
     if template_values is not None:
         description = render_description(description, **{**template_values, **describe_files(source, plan.to_copy)})
@@ -271,6 +246,22 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
     prog.files_total, prog.bytes_total = len(plan.to_copy), plan.planned_bytes
     return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, plan.known_hashes,
                             verify, thumbnails, cancel, progress_cb, prog, lock)
+
+
+def _nothing_new(scan: ScanResult, plan: Plan, skipped: list[SkippedEntry]) -> ImportResult:
+    """No file to copy: no session. Still not "done" when some of the source could not be
+    read, and the source still needed when duplicates were counted unchecked."""
+    unread = [(s.rel, s.reason) for s in scan.skipped if s.error]
+    n = len(plan.duplicates)
+    if unread:
+        error = not_archived_summary(unread)
+        return ImportResult(None, None, None, "failed", duplicates_skipped=n, skipped=skipped, error=error,
+                            message=f"{error}. Nothing was copied; import the source again once it can be read")
+    message = f"nothing new: {n} file(s) already archived; no session created"
+    if unchecked := _unchecked(skipped):
+        message += (f"; {unchecked} of them only on a drive that is not plugged in (not checked now): keep the source "
+                    f"until that drive has been checked")
+    return ImportResult(None, None, None, "completed", duplicates_skipped=n, skipped=skipped, message=message)
 
 
 def _add_session_row(catalog, sid, session_dir, dirname, marker, description, started, source, info, verify, plan, scan,
@@ -344,10 +335,21 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         log.info("import_completed", session_id=result.session_uuid, storage_path=session_dir, files=result.total_files,
                  bytes=result.total_size_bytes, photos=result.photos_created, duplicates=result.duplicates_skipped,
                  mb_per_s=round(prog.mb_per_s, 1))
+        _remove_temp_dir(session_dir)
         result.message = f"files have been copied to storage; the source is no longer needed ({session_dir})"
+        if unchecked := _unchecked(manifest.skipped):
+            result.message = (f"files have been copied to storage ({session_dir}); {unchecked} duplicate(s) are archived only "
+                              f"on a drive that is not plugged in (not checked now): keep the source until that drive has been checked")
     else:
         result.message = f"{result.error}. The session is resumable: 'imalinkd resume {result.session_uuid[:8]}' once the cause is fixed"
     return result
+
+
+def _remove_temp_dir(session_dir: str) -> None:
+    try:
+        os.rmdir(os.path.join(session_dir, durable.TEMP_DIR))
+    except OSError:  # not empty (a temporary file that could not be removed): resume clears it
+        pass
 
 
 @contextmanager
@@ -467,23 +469,23 @@ def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnai
             manifest = SessionManifest(import_session_id=sid, storage_id=row.storage_id or "", created_at=storage.iso(row.created_at) or "",
                                        source_path=source, description=row.description,
                                        source={"kind": row.source_kind, "label": row.source_label, "fs_uuid": row.source_fs_uuid})
-        files_dir = os.path.join(session_dir, "files")
-        removed = durable.remove_partials(files_dir)
+        removed = durable.clear_temp_dir(os.path.join(session_dir, durable.TEMP_DIR))
         scan = scan_source(source, config.import_.include, config.import_.exclude, skip_dirs=[os.path.dirname(session_dir)])
         to_copy, known = _reconcile(catalog, row_id, session_dir, manifest, source, scan)
-        plan = plan_copy(to_copy, _archived_sizes(catalog), _hash_source(source), _find_archived(catalog))
-        for d in plan.duplicates:
-            manifest.skipped.append(SkippedEntry(d.file.rel, "duplicate of an archived file", d.file.size, d.sha256, d.duplicate_of))
+        plan, dups = _plan(config, catalog, source, to_copy)  # duplicates decided again, against the archive as it is now
+        manifest.skipped += dups
         known.update(plan.known_hashes)
         with catalog.session() as s:
             row = s.get(ImportSession, row_id)
             row.copy_status = "in_progress"
             row.error = None
             row.importer_host, row.importer_pid = socket.gethostname(), os.getpid()
-            row.duplicates_skipped += len(plan.duplicates)
+            row.duplicates_skipped = len(dups)
             row.original_source_path = source
-            for d in plan.duplicates:
-                s.add(SkippedFile(session_id=row_id, original_path=d.file.rel, reason="duplicate of an archived file", file_size=d.file.size, sha256=d.sha256, duplicate_of=d.duplicate_of))
+            s.execute(delete(SkippedFile).where(SkippedFile.session_id == row_id))
+            for e in manifest.skipped:
+                s.add(SkippedFile(session_id=row_id, original_path=e.original_path, reason=e.reason, file_size=e.file_size,
+                                  sha256=e.sha256, duplicate_of=e.duplicate_of))
         manifest.copy_status, manifest.error = "in_progress", None
         write_manifest(session_dir, manifest)
         preflight(os.path.dirname(session_dir), plan.planned_bytes, config.storage.safety_margin_mb, disk_free, session=sid[:8])
@@ -509,7 +511,12 @@ def _reconcile(catalog: Catalog, row_id: int, session_dir: str, manifest: Sessio
     - a catalog row or manifest entry whose file is gone or has the wrong size (a power cut
       after the row was written) is dropped, and the file copied again;
     - a file under its final name that neither knows (committed just before a crash) is
-      checked against the source and kept, not copied again."""
+      checked against the source and kept, not copied again;
+    - a source file counts as archived only when a recorded copy of its path has its size,
+      its modification time and, read again now, its sha256: the same names on a card
+      formatted in the camera since are other photos, and are copied.
+
+    The duplicates are left out of the manifest here: the caller decides them again."""
     files_dir = os.path.join(session_dir, "files")
     on_disk: dict[str, int] = {}
     for dirpath, _dirs, names in os.walk(files_dir):
@@ -541,7 +548,7 @@ def _reconcile(catalog: Catalog, row_id: int, session_dir: str, manifest: Sessio
         # committed on disk, recorded nowhere: hash both sides once, keep when equal
         source_by_rel = {f.rel: f for f in scan.files}
         for rel, size in on_disk.items():
-            if rel in by_rel or durable.is_partial_name(os.path.basename(rel)):
+            if rel in by_rel:
                 continue
             f = source_by_rel.get(rel)
             if f is None or f.size != size:
@@ -556,13 +563,48 @@ def _reconcile(catalog: Catalog, row_id: int, session_dir: str, manifest: Sessio
                 by_rel[rel] = entry
                 s.add(Image(session_id=row_id, storage_relative_path=rel, original_import_path=rel, file_size=size, sha256=disk_sha,
                             mtime=entry.mtime, copied_at=storage.utcnow()))
+        _remove_legacy_partials(files_dir, [rel for rel in on_disk if rel not in by_rel])
         manifest.file_manifest = sorted(by_rel.values(), key=lambda e: e.storage_path)
         row = s.get(ImportSession, row_id)
         row.total_files = len(manifest.file_manifest)
         row.total_size_bytes = sum(e.file_size for e in manifest.file_manifest)
         row.storage_size_mb = row.total_size_bytes // (1024 * 1024)
-    done_sources = {e.original_path for e in manifest.file_manifest}
-    done_sources.update(s.original_path for s in manifest.skipped if s.duplicate_of)
-    manifest.skipped = [s for s in manifest.skipped if s.duplicate_of]  # other skips are found again by the scan
-    manifest.skipped += [SkippedEntry(s.rel, s.reason) for s in scan.skipped]
-    return [f for f in scan.files if f.rel not in done_sources], {}
+    recorded: dict[str, list[FileEntry]] = {}
+    for e in manifest.file_manifest:
+        recorded.setdefault(e.original_path, []).append(e)
+    manifest.skipped = [SkippedEntry(s.rel, s.reason) for s in scan.skipped]  # found again by the scan
+    to_copy: list[SourceFile] = []
+    known: dict[str, str] = {}
+    for f in scan.files:
+        same, sha = _archived_already(source, f, recorded.get(f.rel, []))
+        if not same:
+            to_copy.append(f)
+            if sha is not None:
+                known[f.rel] = sha
+    return to_copy, known
+
+
+def _archived_already(source: str, f: SourceFile, entries: list[FileEntry]) -> tuple[bool, str | None]:
+    """Is ``f`` the file one of ``entries`` (recorded for its path) is a copy of? Size and
+    modification time first; where they agree, the sha256 of the file read again now.
+    Returns the answer and the sha256 when it was read."""
+    mtime = f.mtime_ns / 1e9
+    alike = [e for e in entries if e.file_size == f.size and (e.mtime is None or abs(e.mtime - mtime) < 1e-6)]
+    if not alike:
+        return False, None
+    try:
+        sha, _ = durable.hash_file(os.path.join(source, f.rel))
+    except OSError:
+        return False, None
+    return any(e.sha256 == sha for e in alike), sha
+
+
+def _remove_legacy_partials(files_dir: str, unrecorded: list[str]) -> None:
+    """Temporary copies earlier versions left beside their targets in ``files/``: unrecorded
+    files with such a name that no source file matched."""
+    for rel in unrecorded:
+        if durable.is_legacy_partial_name(os.path.basename(rel)):
+            try:
+                os.unlink(os.path.join(files_dir, rel))
+            except OSError:
+                pass

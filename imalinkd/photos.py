@@ -49,9 +49,19 @@ class PostProcessor:
             key = photo_key(entry.files_relative)
             self.early.append((key, self.pool.submit(_thumbnail, path, self.session_dir, key, self.thumbnail_size)))
 
+    def abandon(self) -> None:
+        """The copy failed: drop what has not started, wait for what has."""
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
     def finish(self, thumbnails: bool) -> int:
         """Collect metadata into the manifest and catalog, build the Photos from it, then
         make the remaining thumbnails. Returns the number of Photos."""
+        try:
+            return self._finish(thumbnails)
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def _finish(self, thumbnails: bool) -> int:
         by_path: dict[str, dict] = {}
         for entry, fut in self.futures:
             try:
@@ -80,7 +90,6 @@ class PostProcessor:
         photos = build_photos(self.catalog, self.row_id)
         if thumbnails:
             make_thumbnails(self.catalog, self.row_id, self.session_dir, self.thumbnail_size, self.pool, done=done)
-        self.pool.shutdown(wait=True)
         return photos
 
 

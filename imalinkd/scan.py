@@ -1,7 +1,8 @@
 """Stage 1, scan: list what a source holds, without following anything out of it.
 
 Symlinks are never followed (recorded as skipped), special files (FIFOs, sockets, devices)
-are skipped, unreadable directories are recorded and the rest is scanned. Paths are
+are skipped, unreadable directories are recorded (as errors: what they hold was meant to be
+imported) and the rest is scanned. Paths are
 relative to the source and built only from directory entries, so ``..`` or an absolute
 path cannot come out of a scan. The source is only read.
 """
@@ -26,6 +27,7 @@ class SourceFile:
 class Skipped:
     rel: str
     reason: str
+    error: bool = False  # True: could not be read (not left out on purpose); keeps a session from completing
 
 
 @dataclass(frozen=True)
@@ -100,7 +102,7 @@ def scan_source(
             with scandir(abs_dir) as it:
                 entries = sorted(it, key=lambda e: e.name)
         except OSError as e:
-            skipped.append(Skipped(rel_dir or ".", f"unreadable directory: {e.strerror or e}"))
+            skipped.append(Skipped(rel_dir or ".", f"unreadable directory: {e.strerror or e}", error=True))
             continue
         subdirs = []
         for entry in entries:
@@ -108,7 +110,7 @@ def scan_source(
             try:
                 est = entry.stat(follow_symlinks=False)
             except OSError as e:
-                skipped.append(Skipped(rel, f"cannot stat: {e.strerror or e}"))
+                skipped.append(Skipped(rel, f"cannot stat: {e.strerror or e}", error=True))
                 continue
             mode = est.st_mode
             if stat.S_ISLNK(mode):

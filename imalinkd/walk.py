@@ -18,15 +18,13 @@ import sys
 import threading
 from typing import Mapping, Sequence
 
-from imalinkd.durable import TEMP_PREFIX
-
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
     """Sizes of the regular files below ``files_dir`` by relative path, never following a
-    symlink, and the symlinks met (relative paths). Temporary copies of an import in
-    progress (``durable.is_partial_name``) are not listed.
+    symlink, and the symlinks met (relative paths). Every regular file is listed, whatever
+    its name: an import keeps its temporary copies outside ``files/``.
 
     One ``scandir`` per directory, whose entry types come with the listing, and one
     ``lstat`` per regular file for its size: the least a size check can cost. Each
@@ -47,9 +45,7 @@ def walk_files(files_dir: str) -> tuple[dict[str, int], list[str]]:
                 for e in it:
                     try:
                         if e.is_file(follow_symlinks=False):
-                            name = e.name
-                            if not name.startswith(TEMP_PREFIX):
-                                sizes[prefix + name] = e.stat(follow_symlinks=False).st_size
+                            sizes[prefix + e.name] = e.stat(follow_symlinks=False).st_size
                         elif e.is_dir(follow_symlinks=False):
                             stack.append((prefix + e.name + "/", os.open(e.name, DIR_FLAGS, dir_fd=fd)))
                         elif e.is_symlink():

@@ -17,9 +17,11 @@ def test_walk_gives_sizes_of_regular_files_only(tmp_path):
     (files / "top.CR3").write_bytes(b"1")
     (files / "link.JPG").symlink_to(files / "top.CR3")
     (files / "dirlink").symlink_to(tmp_path)
-    (files / "a" / (durable.TEMP_PREFIX + "x.JPG")).write_bytes(b"a copy not yet committed")
+    # a card file named like a temporary copy is a file like any other (temporary copies
+    # are kept outside files/)
+    (files / "a" / (durable.TEMP_PREFIX + "x.JPG")).write_bytes(b"a photo with an odd name")
     sizes, links = walk_files(str(files))
-    assert sizes == {"a/b/x.JPG": 5, "top.CR3": 1}
+    assert sizes == {"a/b/x.JPG": 5, "top.CR3": 1, "a/" + durable.TEMP_PREFIX + "x.JPG": 24}
     assert sorted(links) == ["dirlink", "link.JPG"]
 
 

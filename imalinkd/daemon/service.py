@@ -771,7 +771,10 @@ class Daemon:
             if manifest.copy_status != "completed":
                 return
             archived = {e.original_path: e.file_size for e in manifest.file_manifest}
-        duplicates = {s.original_path for s in getattr(result, "skipped", []) if getattr(s, "duplicate_of", None)}
+        from imalinkd.duplicates import verified_duplicates
+
+        # a duplicate only when its archived copy reads back right now: never the last copy
+        duplicates = verified_duplicates(self.config, self.catalog, list(getattr(result, "skipped", [])))
         sizes: dict[str, int | None] = {}
         for p in batch.paths:
             try:
