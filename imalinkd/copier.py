@@ -15,8 +15,7 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass
 
 import structlog
 
@@ -27,6 +26,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
 from imalinkd.config import Config
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, write_manifest
 from imalinkd.photos import PostProcessor, record_thumbnails, thumbnails_by_shot
+from imalinkd.progress import Progress, ProgressCallback  # noqa: F401 (their home before imalinkd.progress)
 from imalinkd.scan import ScanResult, SourceFile
 
 log = structlog.get_logger()
@@ -35,52 +35,6 @@ log = structlog.get_logger()
 SOURCE_GONE = {errno.ENODEV, errno.ENXIO, errno.ENOTCONN, errno.ESHUTDOWN, errno.ENOENT, errno.ESTALE}
 
 
-@dataclass
-class Progress:
-    """Live progress of one import; handed to the ``progress`` callback (read-only there)."""
-
-    phase: str = "scanning"  # scanning, database_import, file_copying, post_processing, done
-    session_uuid: str | None = None
-    source: str = ""
-    storage_path: str | None = None
-    files_total: int = 0
-    files_done: int = 0
-    bytes_total: int = 0
-    bytes_done: int = 0
-    current_file: str | None = None
-    started: float = field(default_factory=time.monotonic)
-
-    @property
-    def elapsed(self) -> float:
-        return max(time.monotonic() - self.started, 1e-6)
-
-    @property
-    def mb_per_s(self) -> float:
-        return self.bytes_done / self.elapsed / 1e6
-
-    @property
-    def eta_seconds(self) -> float | None:
-        if not self.bytes_done or self.bytes_done >= self.bytes_total:
-            return None
-        return (self.bytes_total - self.bytes_done) / (self.bytes_done / self.elapsed)
-
-    def as_json(self) -> dict:
-        return {
-            "phase": self.phase,
-            "session_uuid": self.session_uuid,
-            "source": self.source,
-            "storage_path": self.storage_path,
-            "files_total": self.files_total,
-            "files_done": self.files_done,
-            "bytes_total": self.bytes_total,
-            "bytes_done": self.bytes_done,
-            "current_file": paths.display(self.current_file) if self.current_file else None,
-            "mb_per_s": round(self.mb_per_s, 2),
-            "eta_seconds": None if self.eta_seconds is None else round(self.eta_seconds, 1),
-        }
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -496,7 +450,7 @@ class CopyStage:
 
     def flush(self) -> None:
         """Write the pending catalog rows in one transaction. Files committed on disk but
-        not yet here after a crash are found and kept by resume (``_reconcile``)."""
+        not yet here after a crash are found and kept by resume (:func:`imalinkd.reconcile.reconcile`)."""
         if not self._pending_images and not self._pending_skips:
             return
         images, skips = self._pending_images, self._pending_skips

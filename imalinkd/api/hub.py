@@ -35,6 +35,8 @@ SEED_PHASES = {
     "post_processing": "File Copying",
 }
 SOURCE_NO_LONGER_NEEDED = "files have been copied to storage; the source is no longer needed"
+KEEP_THE_SOURCE = ("files have been copied to storage; keep the source: some of its files are archived only on a drive "
+                   "that is not plugged in (not checked now)")
 QUEUE_SIZE = 256
 KEEP_FINISHED = 64  # finished imports remembered for /import-sessions/{id} and new subscribers
 
@@ -68,6 +70,7 @@ def progress_message(progress: Any) -> dict:
         "eta_seconds": raw.get("eta_seconds"),
         "source": raw.get("source"),
         "storage_path": raw.get("storage_path"),
+        "source_no_longer_needed": raw.get("source_no_longer_needed"),
         "time": time.time(),
     }
 
@@ -146,7 +149,8 @@ class ProgressHub:
                 "status": outcome,
                 "storage_location": data.get("storage_path"),
                 "storage_directory_name": data.get("storage_directory_name"),
-                "message": SOURCE_NO_LONGER_NEEDED if outcome == "completed" else (data.get("message") or data.get("error")),
+                "message": SOURCE_NO_LONGER_NEEDED if outcome == "completed" and data.get("source_no_longer_needed", True)
+                else (data.get("message") or data.get("error")),
                 "result": data,
                 "time": time.time(),
             }
@@ -244,10 +248,16 @@ class ProgressHub:
 
     def _ended_message(self, message: dict) -> dict:
         done = message["engine_phase"] == "done"
+        if not done:
+            said = "the import stopped; the session is resumable"
+        elif message.get("source_no_longer_needed") is False:  # duplicates counted on a drive not plugged in
+            said = KEEP_THE_SOURCE
+        else:
+            said = SOURCE_NO_LONGER_NEEDED
         return {
             "type": "completed" if done else "failed",
             "session_uuid": message.get("session_uuid"),
-            "message": SOURCE_NO_LONGER_NEEDED if done else "the import stopped; the session is resumable",
+            "message": said,
             "storage_location": message.get("storage_path"),
             "copied_files": message["copied_files"],
             "copied_bytes": message["copied_bytes"],
