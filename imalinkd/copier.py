@@ -191,7 +191,6 @@ class CopyStage:
                 return self._dest_failure(f, "create", e)
             try:
                 outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.stop)
-                after = os.fstat(fd)
             except durable.SourceIOError as e:
                 sink.discard()
                 return self._source_failure(f, e)
@@ -203,6 +202,11 @@ class CopyStage:
             except OSError as e:
                 sink.discard()
                 return self._dest_failure(f, "write", e)
+            try:
+                after = os.fstat(fd)
+            except OSError as e:
+                sink.discard()
+                return self._source_failure(f, e)
             if _changed(st, after) or outcome.size != after.st_size:
                 sink.discard()
                 return NotCopied(f, CHANGED_DURING_COPY, fatal=False)
