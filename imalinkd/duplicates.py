@@ -1,8 +1,9 @@
 """Which archived copy a new file may count as a duplicate of (DESIGN §7).
 
 A file is a duplicate only when an archived copy with its sha256 is reachable now, still has
-the recorded size and is not flagged (a reindex found its size changed). Anything else is
-copied again: a copy deleted, truncated or flagged protects nothing.
+the recorded size and is not flagged: a reindex found its size changed, or the last scrub
+of that drive found it damaged, missing or unreadable. Anything else is copied again: a copy
+deleted, truncated or flagged protects nothing.
 
 A copy on a drive that is not plugged in cannot be checked. By default
 (``[import] unplugged_duplicates = "copy"``) the file is copied again; with ``"skip"`` it
@@ -17,7 +18,7 @@ import os
 from sqlalchemy import select
 
 from imalinkd import durable, locate, paths, storage
-from imalinkd.catalog import Catalog, Image, ImportSession
+from imalinkd.catalog import Catalog, FileCheck, Image, ImportSession
 from imalinkd.manifest import SkippedEntry
 
 DUPLICATE = "duplicate of an archived file"
@@ -55,8 +56,8 @@ class ArchivedCopies:
         """``"<session uuid>:files/<path>"`` of an archived copy a file with this sha256 and
         size is a duplicate of, or None: copy it."""
         unplugged = None
-        for row_id, sid, rel in self._candidates(sha, size):
-            path, away = self._locate(row_id, rel, size)
+        for image_id, row_id, sid, rel in self._candidates(sha, size):
+            path, away = self._locate(image_id, row_id, rel, size)
             ref = f"{sid}:files/{paths.display(rel)}"
             if path is not None:
                 return ref
@@ -73,8 +74,8 @@ class ArchivedCopies:
     def verified_path(self, sha: str, size: int) -> str | None:
         """A reachable archived copy whose bytes, read from the disk now, have this sha256
         and size; None when there is none."""
-        for row_id, _sid, rel in self._candidates(sha, size):
-            path, _away = self._locate(row_id, rel, size)
+        for image_id, row_id, _sid, rel in self._candidates(sha, size):
+            path, _away = self._locate(image_id, row_id, rel, size)
             if path is None:
                 continue
             try:
@@ -84,20 +85,24 @@ class ArchivedCopies:
                 continue
         return None
 
-    def _candidates(self, sha: str, size: int) -> list[tuple[int, str, str]]:
+    def _candidates(self, sha: str, size: int) -> list[tuple[int, int, str, str]]:
         with self.catalog.session() as s:
-            q = (select(ImportSession.id, ImportSession.storage_uuid, Image.storage_relative_path)
+            q = (select(Image.id, ImportSession.id, ImportSession.storage_uuid, Image.storage_relative_path)
                  .join(ImportSession, Image.session_id == ImportSession.id)
                  .where(*_ARCHIVED, Image.sha256 == sha, Image.file_size == size).order_by(ImportSession.id))
             return [tuple(r) for r in s.execute(q)]
 
-    def _locate(self, row_id: int, rel: str, size: int) -> tuple[str | None, bool]:
-        """The path of the session's copy of ``rel`` when it is there with ``size``, and
-        whether some drive holding the session is not plugged in."""
+    def _locate(self, image_id: int, row_id: int, rel: str, size: int) -> tuple[str | None, bool]:
+        """The path of the session's copy of ``rel`` when it is there with ``size`` and its
+        drive's last scrub did not find it bad, and whether some drive holding the session
+        is not plugged in."""
         with self.catalog.session() as s:
             row = s.get(ImportSession, row_id)
+            flagged = set(s.scalars(select(FileCheck.storage_id).where(FileCheck.image_id == image_id, FileCheck.result != "ok")))
         away = False
         for copy in locate.known_copies(self.catalog, row):
+            if copy.storage_id in flagged:
+                continue
             root = self._root(copy.storage_id)
             if root is None:
                 away = True
