@@ -173,3 +173,20 @@ def test_a_symlink_in_its_place_is_replaced_not_followed(tmp_path):
     assert checksums.write(session, mf.read_manifest(session))
     assert outside.read_text() == "keep me"
     assert not (session / checksums.FILENAME).is_symlink() and sha256sum_check(session).returncode == 0
+
+
+def test_the_documented_recipe_makes_a_bag_a_bagit_validator_accepts(tmp_path):
+    import bagit
+
+    card = make_card(tmp_path / "card", shots=3)
+    (card.root / "DCIM/100CANON/IMG 0099 copy.JPG").write_bytes(b"spaces are fine in BagIt too")
+    session = Path(import_source(config(tmp_path), card.root).storage_path)
+    recipe = (REPO / "docs" / "format.md").read_text()
+    script = recipe[recipe.index("mkdir bag"):recipe.index("```", recipe.index("mkdir bag"))]
+    subprocess.run(["sh", "-c", script.replace("SESSION", str(session))], cwd=tmp_path, check=True)
+    bag = bagit.Bag(str(tmp_path / "bag"))
+    bag.validate()  # raises BagValidationError naming any file whose checksum differs
+    assert len(bag.payload_entries()) == len(card.files) + 1
+    (tmp_path / "bag" / "data" / "DCIM" / "100CANON" / "IMG_0001.CR2").write_bytes(b"rotted")
+    with pytest.raises(bagit.BagValidationError):
+        bagit.Bag(str(tmp_path / "bag")).validate()

@@ -202,3 +202,21 @@ def test_a_bad_budget_in_the_config_is_named():
 
     with pytest.raises(ConfigError, match="scrub.budget"):
         parse_config({"scrub": {"budget": "lots"}})
+
+
+def test_the_scrub_thread_reads_at_idle_io_priority_and_nothing_else_does():
+    import psutil
+
+    from imalinkd.scrub.engine import lower_io_priority
+
+    seen = {}
+
+    def scrub_thread():
+        lower_io_priority()
+        seen["scrub"] = psutil.Process(threading.get_native_id()).ionice().ioclass
+
+    t = threading.Thread(target=scrub_thread)
+    t.start()
+    t.join(30)
+    assert seen["scrub"] == psutil.IOPRIO_CLASS_IDLE
+    assert psutil.Process(threading.get_native_id()).ionice().ioclass != psutil.IOPRIO_CLASS_IDLE
