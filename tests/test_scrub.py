@@ -220,3 +220,23 @@ def test_the_scrub_thread_reads_at_idle_io_priority_and_nothing_else_does():
     t.join(30)
     assert seen["scrub"] == psutil.IOPRIO_CLASS_IDLE
     assert psutil.Process(threading.get_native_id()).ionice().ioclass != psutil.IOPRIO_CLASS_IDLE
+
+
+def test_a_time_budget_stops_the_scrub_and_the_next_one_goes_on_from_there(tmp_path, monkeypatch):
+    import itertools
+
+    from imalinkd.scrub import engine
+
+    cfg = archive_with_cards(tmp_path, tmp_path / "archive", cards=2)
+    catalog = Catalog.open(cfg)
+    try:
+        root = str(tmp_path / "archive")
+        ticks = itertools.count(step=7.0)  # a clock that moves 7 s each time it is read
+        monkeypatch.setattr(engine, "_clock", lambda: next(ticks))
+        first = scrub_root(catalog, root, storage.read_marker(root), parse_budget("1m"))
+        assert first.stopped == "budget" and 0 < first.checked < first.files_on_drive
+        monkeypatch.undo()
+        rest = scrub_root(catalog, root, storage.read_marker(root), parse_budget("pass"))
+        assert rest.checked == first.files_on_drive - first.checked and rest.pass_completed
+    finally:
+        catalog.close()

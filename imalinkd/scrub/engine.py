@@ -43,6 +43,7 @@ log = structlog.get_logger(__name__)
 CHUNK = 1 << 20
 FLUSH_SECONDS = 5.0  # results written to the catalog at least this often
 FLUSH_FILES = 200
+_clock = time.monotonic  # the time budget's clock (a test gives its own)
 
 
 @dataclass(frozen=True)
@@ -168,7 +169,7 @@ def check_file(path: str | None, size: int, sha256: str, pause: Callable[[], boo
         view = memoryview(buf)
         while True:
             _wait_while_paused(pause, cancel, deadline)
-            if cancel.is_set() or (deadline is not None and time.monotonic() >= deadline[0]):
+            if cancel.is_set() or (deadline is not None and _clock() >= deadline[0]):
                 raise _Stop()
             try:
                 k = os.readv(fd, [buf])
@@ -192,12 +193,12 @@ def check_file(path: str | None, size: int, sha256: str, pause: Callable[[], boo
 def _wait_while_paused(pause: Callable[[], bool], cancel: threading.Event, deadline: list[float] | None) -> None:
     if not pause():
         return
-    began = time.monotonic()
+    began = _clock()
     log.info("scrub_paused", reason="a card is being imported")
     while pause() and not cancel.is_set():
         cancel.wait(0.5)
     if deadline is not None:
-        deadline[0] += time.monotonic() - began  # the time paused is not spent
+        deadline[0] += _clock() - began  # the time paused is not spent
     log.info("scrub_resumed")
 
 
@@ -207,17 +208,17 @@ class _Recorder:
     def __init__(self, catalog: Catalog, storage_id: str, seq: int) -> None:
         self.catalog, self.storage_id, self.seq = catalog, storage_id, seq
         self.pending: list[tuple[FileToCheck, int, datetime, str, str | None]] = []
-        self.last = time.monotonic()
+        self.last = _clock()
 
     def add(self, f: FileToCheck, result: str, detail: str | None) -> None:
         self.seq += 1
         self.pending.append((f, self.seq, storage.utcnow(), result, detail))
-        if len(self.pending) >= FLUSH_FILES or time.monotonic() - self.last >= FLUSH_SECONDS:
+        if len(self.pending) >= FLUSH_FILES or _clock() - self.last >= FLUSH_SECONDS:
             self.flush()
 
     def flush(self, **root_values) -> None:
         pending, self.pending = self.pending, []
-        self.last = time.monotonic()
+        self.last = _clock()
         with self.catalog.session() as s:
             new = [{"image_id": f.image_id, "storage_id": self.storage_id, "seq": seq, "checked_at": at, "result": r, "detail": d}
                    for f, seq, at, r, d in pending if f.check_id is None]
@@ -253,7 +254,7 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
         pass_seq = seq
         due = _in_pass_order(files, seqs, pass_seq)
     max_bytes = budget.bytes_for(report.bytes_on_drive)
-    deadline = [time.monotonic() + budget.seconds] if budget.seconds is not None else None
+    deadline = [_clock() + budget.seconds] if budget.seconds is not None else None
     log.info("scrub_started", storage_id=sid, label=marker.label, storage_root=root, budget=str(budget),
              files_on_drive=len(files), left_in_pass=len(due))
     root_dev = os.stat(root).st_dev
