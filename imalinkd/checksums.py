@@ -24,9 +24,10 @@ an intact file as missing. The session directory is not a bag (a bag's payload l
 ``data/``, and the layout keeps ``files/``); ``docs/format.md`` says how to make one.
 
 The file is derived from ``metadata.json``, which stays the truth: it is rewritten (by
-:func:`imalinkd.manifest.write_manifest`, atomically, right after ``metadata.json``) every
-time that is, and lists the entries of ``file_manifest``: the files committed so far. A
-session with no file below ``files/`` (a legacy in-place session before adoption) has none.
+:func:`imalinkd.manifest.write_manifest`, atomically, just before ``metadata.json``, so
+that it is never behind it) every time that is, and lists the entries of
+``file_manifest``: the files committed so far. A session with no file below ``files/`` (a
+legacy in-place session before adoption) has none.
 """
 
 from __future__ import annotations

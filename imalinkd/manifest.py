@@ -154,14 +154,16 @@ class SessionManifest:
 
 
 def write_manifest(session_dir: str | os.PathLike[str], manifest: SessionManifest) -> None:
-    """Write ``metadata.json`` atomically, then ``manifest-sha256.txt`` from it (each file
-    atomic on its own; a crash between the two leaves the checksum file one step behind,
-    listing files that are all still there, and the next write catches it up)."""
+    """Write ``manifest-sha256.txt`` and then ``metadata.json``, from the same entries, each
+    atomically. In this order a crash between the two leaves the checksum file a step
+    ahead, never behind: it lists every file ``metadata.json`` lists, plus the files
+    committed since its last write, all of them verified and under their final names; so
+    ``sha256sum -c`` always checks at least what the manifest says is archived."""
     session_dir = os.fspath(session_dir)
     data = manifest.as_json()
     _relative_texts(data, session_dir)
-    durable.atomic_write_json(os.path.join(session_dir, FILENAME), data)
     checksums.write(session_dir, manifest)
+    durable.atomic_write_json(os.path.join(session_dir, FILENAME), data)
 
 
 def _relative_texts(data: dict[str, Any], session_dir: str) -> None:

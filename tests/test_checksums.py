@@ -190,3 +190,24 @@ def test_the_documented_recipe_makes_a_bag_a_bagit_validator_accepts(tmp_path):
     (tmp_path / "bag" / "data" / "DCIM" / "100CANON" / "IMG_0001.CR2").write_bytes(b"rotted")
     with pytest.raises(bagit.BagValidationError):
         bagit.Bag(str(tmp_path / "bag")).validate()
+
+
+def test_a_crash_between_the_two_writes_leaves_the_checksums_ahead_never_behind(tmp_path, monkeypatch):
+    from imalinkd import durable
+
+    card = make_card(tmp_path / "card", shots=2)
+    session = Path(import_source(config(tmp_path), card.root).storage_path)
+    m = mf.read_manifest(session)
+    extra = session / "files" / "DCIM" / "EXTRA.JPG"  # committed after the last write
+    extra.write_bytes(b"new")
+    m.file_manifest.append(mf.FileEntry("DCIM/EXTRA.JPG", "files/DCIM/EXTRA.JPG", 3, hashlib.sha256(b"new").hexdigest(), None))
+
+    def power_cut(*_a, **_k):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(durable, "atomic_write_json", power_cut)
+    with pytest.raises(OSError):
+        mf.write_manifest(session, m)
+    assert len(mf.read_manifest(session).file_manifest) == len(card.files)  # the manifest as before
+    assert "files/DCIM/EXTRA.JPG" in checksums.parse((session / checksums.FILENAME).read_bytes())
+    assert sha256sum_check(session).returncode == 0
