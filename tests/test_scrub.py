@@ -240,3 +240,28 @@ def test_a_time_budget_stops_the_scrub_and_the_next_one_goes_on_from_there(tmp_p
         assert rest.checked == first.files_on_drive - first.checked and rest.pass_completed
     finally:
         catalog.close()
+
+
+def test_a_drive_pulled_mid_scrub_stops_it_and_nothing_is_called_damaged(tmp_path):
+    from mounts import umount
+
+    image, mp = tmp_path / "drive.img", tmp_path / "mnt"
+    with ext4_image(mp, image=image):
+        cfg = archive_with_cards(tmp_path, mp / "archive", cards=2)
+        catalog = Catalog.open(cfg)
+        try:
+            root = str(mp / "archive")
+            calls = []
+
+            def pull_after_two_files() -> bool:  # asked before each file's first read
+                calls.append(1)
+                if len(calls) == 3:
+                    umount(mp)  # yanked: its files vanish from the path
+                return False
+
+            report = scrub_root(catalog, root, storage.read_marker(root), parse_budget("pass"), pause=pull_after_two_files)
+            assert report.stopped == "drive_gone" and report.checked == 2 and report.findings == []
+            with catalog.session() as s:
+                assert sorted(s.scalars(select(FileCheck.result))) == ["ok", "ok"]
+        finally:
+            catalog.close()

@@ -248,6 +248,7 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
             return report
         seq, pass_seq, passes = row.scrub_seq or 0, row.scrub_pass_seq or 0, row.scrub_passes or 0
         files, seqs = _drive_files(s, sid)
+    began_pass_seq = pass_seq
     report.files_on_drive, report.bytes_on_drive = len(files), sum(f.size for f in files)
     due = _in_pass_order(files, seqs, pass_seq)
     if not due and files:  # the last pass ended without being closed: the next one begins
@@ -299,7 +300,7 @@ def scrub_root(catalog: Catalog, root: str, marker: storage.Marker, budget: Budg
         if report.left_in_pass == 0 and files:
             report.pass_completed = True
             closing.update(scrub_pass_seq=recorder.seq, scrub_passes=passes + 1)
-        elif pass_seq != (row.scrub_pass_seq or 0):
+        elif pass_seq != began_pass_seq:  # this scrub began a new pass (the last one was not closed)
             closing["scrub_pass_seq"] = pass_seq
         recorder.flush(**closing)
     if report.pass_completed:
