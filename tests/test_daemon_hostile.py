@@ -99,6 +99,8 @@ def test_a_card_is_imported_while_a_slowloris_holds_hundreds_of_connections(work
         # with the attack over, the API answers again
         r = wait_for(lambda: _get(f"http://127.0.0.1:{port}/health"), 60, "the API answering after the attack")
         assert r.status_code == 200
+        # and the daemon's server refuses a rebound name like any other
+        assert httpx.get(f"http://127.0.0.1:{port}/import-sessions", headers={"Host": "attacker.example"}).status_code == 421
         assert d.stop() < 10
     finally:
         d.close()
