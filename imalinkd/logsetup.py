@@ -30,6 +30,7 @@ def configure_logging(level: str = "info", json: bool = True, stream=None) -> No
         cache_logger_on_first_use=False,
     )
     _stdlib_warnings(stream)
+    redact.install_excepthooks()
 
 
 class _StderrHandler(logging.StreamHandler):

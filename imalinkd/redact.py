@@ -113,6 +113,26 @@ class LogFilter:
         return True
 
 
+def install_excepthooks() -> None:
+    """Print uncaught exceptions (of the main thread and of other threads) with secrets
+    masked, as Python would print them otherwise."""
+    import sys
+    import traceback
+
+    def main_hook(exc_type, exc, tb) -> None:
+        sys.stderr.write(text("".join(traceback.format_exception(exc_type, exc, tb))))
+
+    def thread_hook(args) -> None:
+        if args.exc_type is SystemExit:
+            return
+        name = args.thread.name if args.thread is not None else "?"
+        lines = traceback.format_exception(args.exc_type, args.exc_value, args.exc_traceback)
+        sys.stderr.write(text(f"Exception in thread {name}:\n" + "".join(lines)))
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
+
+
 def log_processor(_logger: object, _method: str, event_dict: dict) -> dict:
     """structlog processor: masks secrets in every value of a log event, tracebacks
     (``exception``, once formatted) included."""

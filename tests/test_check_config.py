@@ -13,6 +13,7 @@ import shutil
 import socket
 import sqlite3
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,6 +23,7 @@ import structlog
 
 from test_cli import imalinkd
 
+REPO = Path(__file__).resolve().parent.parent
 SECRET = "s3cr3t-Pa55"
 REFUSED_URL = f"postgresql+psycopg://photo:{SECRET}@127.0.0.1:1/imalink"  # port 1: nothing listens
 
@@ -160,6 +162,25 @@ def test_log_lines_and_tracebacks_never_show_a_registered_secret_or_a_url_passwo
     lines = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
     assert lines[0]["url"] == "postgresql://u:***@db/x" and "RuntimeError" in lines[1]["exception"]
     assert "uvicorn.error: ERROR: peer sent Bearer ***" in text
+
+
+def test_an_uncaught_exception_is_printed_without_the_password(tmp_path):
+    code = """
+import threading
+from imalinkd.logsetup import configure_logging
+configure_logging()
+def fail():
+    raise OSError("mysql://a:hunter2222@db/x")
+t = threading.Thread(target=fail)
+t.start()
+t.join()
+raise RuntimeError("cannot open postgresql://u:hunter2222@h/d")
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert r.returncode == 1
+    assert "RuntimeError: cannot open postgresql://u:***@h/d" in r.stderr
+    assert "OSError: mysql://a:***@db/x" in r.stderr
+    assert "hunter2222" not in r.stderr
 
 
 # --- layouts that cannot work --------------------------------------------------------------------
