@@ -107,11 +107,11 @@ def postgres():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     as_pg = ["runuser", "-u", "postgres", "--"]
-    subprocess.run([*as_pg, initdb, "-D", data, "-U", "postgres", "--auth=scram-sha-256", f"--pwfile={pwfile}"],
-                   check=True, capture_output=True)
-    subprocess.run([*as_pg, pg_ctl, "-D", data, "-w", "-t", "60", "-l", os.path.join(base, "log"),
-                    "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {base}", "start"], check=True, capture_output=True)
     try:
+        subprocess.run([*as_pg, initdb, "-D", data, "-U", "postgres", "--auth=scram-sha-256", f"--pwfile={pwfile}"],
+                       check=True, capture_output=True)
+        subprocess.run([*as_pg, pg_ctl, "-D", data, "-w", "-t", "60", "-l", os.path.join(base, "log"),
+                        "-o", f"-p {port} -c listen_addresses=127.0.0.1 -k {base}", "start"], check=True, capture_output=True)
         yield port
     finally:
         subprocess.run([*as_pg, pg_ctl, "-D", data, "-m", "immediate", "stop"], capture_output=True)
