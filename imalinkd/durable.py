@@ -29,6 +29,8 @@ from typing import Any, Callable, Sequence
 
 import orjson
 
+from imalinkd.drivefile import open_regular
+
 CHUNK = 1024 * 1024  # fits the CPU caches: hashing and writing a chunk reuse hot memory
 TEMP_PREFIX = ".imalinkd-partial-"
 TEMP_DIR = ".imalinkd-tmp"  # a session's temporary copies: beside files/, on its file system
@@ -154,8 +156,9 @@ def hash_fd(fd: int, chunk: int = CHUNK) -> tuple[str, int]:
 
 
 def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """sha256 and size of a file as read now (page cache allowed)."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """sha256 and size of a file as read now (page cache allowed). Only a regular file is
+    read (a FIFO is refused, never waited on: :func:`imalinkd.drivefile.open_regular`)."""
+    fd = open_regular(path)[0]
     try:
         return hash_fd(fd)
     finally:
@@ -163,8 +166,9 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
 
 
 def hash_from_disk(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """sha256 and size of a file as the device holds it: cached pages are dropped first."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    """sha256 and size of a file as the device holds it: cached pages are dropped first.
+    Only a regular file is read, as by :func:`hash_file`."""
+    fd = open_regular(path)[0]
     try:
         drop_cache(fd)
         result = hash_fd(fd)

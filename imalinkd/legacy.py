@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
-from imalinkd import durable, manifest as mf, paths, storage
+from imalinkd import drivefile, durable, manifest as mf, paths, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, find_session
 from imalinkd.errors import (
     SessionStateError,
@@ -224,7 +224,7 @@ def _open_source(tree: SafeTree, rel: str) -> int:
     full = tree.path(rel)
     if full is None:
         raise OSError(f"{paths.display(rel)} is reached through a symlink or has an unsafe name")
-    return os.open(full, os.O_RDONLY | os.O_NOFOLLOW)
+    return drivefile.open_regular(full)[0]  # never blocks on a FIFO put in a file's place
 
 
 def adopt(config, catalog: Catalog, session_ref) -> AdoptResult:

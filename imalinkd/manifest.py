@@ -23,14 +23,11 @@ Every write also brings ``manifest-sha256.txt`` in step (:mod:`imalinkd.checksum
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
-
-from imalinkd import checksums, durable, paths
+from imalinkd import checksums, drivefile, durable, paths
 from imalinkd.errors import ManifestError
 
 FILENAME = "metadata.json"
@@ -38,7 +35,13 @@ FORMAT = "imalink-session"
 FORMAT_VERSION = 1  # the major version this code writes and the newest it reads
 FORMAT_MINOR = 1  # 1: thumbnail per entry, manifest-sha256.txt beside the manifest
 STATUSES = ("not_started", "in_progress", "completed", "failed")
-MAX_MANIFEST_BYTES = 512 * 1024 * 1024
+# The largest manifest read (docs/archives.md). One of a session of 50,000 camera files
+# with their metadata is about 35 MiB (some 735 bytes a file, indented): this is over three
+# times that, some 180,000 files. A bigger one is rejected by name without being read.
+MAX_MANIFEST_BYTES = 128 * 1024 * 1024
+# How deep a file's ``media`` or the session's ``source`` object may nest (both are one or
+# two levels; what is stored or written again must stay far from Python's recursion limit).
+MAX_OBJECT_LEVELS = 8
 
 
 @dataclass(slots=True)
@@ -207,31 +210,23 @@ def read_manifest(session_dir: str | os.PathLike[str]) -> SessionManifest:
     """Read and validate a session's manifest. Raises ManifestError naming the file."""
     path = os.path.join(session_dir, FILENAME)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        raw = drivefile.read_regular(path, MAX_MANIFEST_BYTES)
     except FileNotFoundError:
         raise _fail(path, "missing") from None
     except OSError as e:
         raise _fail(path, e.strerror or str(e)) from None
-    with os.fdopen(fd, "rb") as f:
-        raw = f.read(MAX_MANIFEST_BYTES + 1)
-    if len(raw) > MAX_MANIFEST_BYTES:
-        raise _fail(path, "larger than any real manifest")
     return parse_manifest(decode_json(raw, path), path)
 
 
 def decode_json(raw: bytes, path: str = FILENAME) -> Any:
-    """``raw`` decoded as JSON: by orjson, several times faster than the standard library
-    on a large manifest, and by the standard library for what orjson refuses but a manifest
-    written by Python's ``json`` may hold (``NaN``, integers beyond 64 bits), which also
-    gives the message for what is not JSON at all. Raises ManifestError naming ``path``."""
+    """``raw`` decoded as JSON within bounds (:func:`imalinkd.drivefile.load_json`: orjson,
+    the standard library for what orjson refuses but Python's ``json`` writes, nesting and
+    integers bounded). Raises ManifestError naming ``path``."""
     try:
-        return orjson.loads(raw)
-    except orjson.JSONDecodeError:
-        pass
-    try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise _fail(path, f"not valid JSON ({e.__class__.__name__}: {e}); truncated or damaged") from None
+        return drivefile.load_json(raw)
+    except ValueError as e:
+        damaged = "; truncated or damaged" if str(e).startswith("not valid JSON") else "; not written by imalinkd"
+        raise _fail(path, f"{e}{damaged}") from None
 
 
 def check_format(data: dict, path: str = FILENAME) -> None:
@@ -318,11 +313,15 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
             raise _fail(path, f"file_manifest[{i}]: storage_path {paths.display(sp)!r} listed twice")
         seen.add(sp)
         size, sha = get("file_size"), get("sha256")
-        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        if type(size) is not int or not 0 <= size <= drivefile.INT_MAX:
             raise _fail(path, f"file_manifest[{i}]: file_size {size!r} is not a byte count")
         if not isinstance(sha, str) or is_hex64(sha) is None:
             raise _fail(path, f"file_manifest[{i}]: sha256 {sha!r} is not a hex sha256")
         copied_at, mtime, media, media_error = get("copied_at"), get("mtime"), get("media"), get("media_error")
+        if type(mtime) is int and not drivefile.in_int_range(mtime):
+            raise _fail(path, f"file_manifest[{i}]: mtime {mtime!r} is out of range")
+        if media is not None and not drivefile.nesting_within(media, MAX_OBJECT_LEVELS):
+            raise _fail(path, f"file_manifest[{i}]: media nested more than {MAX_OBJECT_LEVELS} levels deep")
         append(FileEntry(
             orig, sp, size, sha,
             copied_at if isinstance(copied_at, str) else None,
@@ -331,6 +330,8 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
             media_error if isinstance(media_error, str) else None,
             _thumbnail(e) if "thumbnail" in e or "thumbnail_b64" in e else None,
         ))
+    if sum(e.file_size for e in entries) > drivefile.INT_MAX:
+        raise _fail(path, "the file sizes add up beyond 64 bits")
     skipped: list[SkippedEntry] = []
     for i, s in enumerate(data.get("skipped_files") or []):
         if not isinstance(s, dict):
@@ -343,7 +344,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
             SkippedEntry(
                 original_path=orig,
                 reason=str(s.get("reason") or ""),
-                file_size=s.get("file_size") if isinstance(s.get("file_size"), int) else None,
+                file_size=s.get("file_size") if drivefile.in_int_range(s.get("file_size")) else None,
                 sha256=s.get("sha256") if isinstance(s.get("sha256"), str) else None,
                 duplicate_of=s.get("duplicate_of") if isinstance(s.get("duplicate_of"), str) else None,
             )
@@ -353,6 +354,9 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
     except (ValueError, paths.UnsafePathError):
         source_path = ""
     storage_id = data.get("storage_id")
+    source = data.get("source")
+    if source is not None and not drivefile.nesting_within(source, MAX_OBJECT_LEVELS):
+        raise _fail(path, f"field 'source' nested more than {MAX_OBJECT_LEVELS} levels deep")
     return SessionManifest(
         import_session_id=sid,
         storage_id=storage_id if isinstance(storage_id, str) else "",
@@ -365,7 +369,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
         copy_completed_at=data.get("copy_completed_at") if isinstance(data.get("copy_completed_at"), str) else None,
         verification=str(data.get("verification") or "sha256"),
         copy_files=bool(data.get("copy_files", True)),
-        photos_created=data.get("photos_created") if isinstance(data.get("photos_created"), int) else 0,
+        photos_created=data.get("photos_created") if drivefile.in_int_range(data.get("photos_created")) else 0,
         file_manifest=entries,
         skipped=skipped,
         error=data.get("error") if isinstance(data.get("error"), str) else None,

@@ -193,7 +193,8 @@ def _best_media(entries: list[mf.FileEntry]) -> dict[str, Any]:
 
 
 def _int(v: Any) -> int | None:
-    return v if type(v) is int else None
+    """An int a 32-bit INTEGER column holds (orientation, width, height), else None."""
+    return v if type(v) is int and -(2**31) <= v < 2**31 else None
 
 
 def _text(v: Any) -> str | None:

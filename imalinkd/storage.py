@@ -7,7 +7,6 @@ recognised wherever it is mounted.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import uuid
@@ -17,12 +16,13 @@ from pathlib import Path
 
 import psutil
 
-from imalinkd import durable
+from imalinkd import drivefile, durable
 from imalinkd.errors import MarkerError, StorageError, StorageNotWritableError
 
 MARKER = "config.json"
 FORMAT = "imalink-storage"
 FORMAT_VERSION = 1
+MAX_MARKER_BYTES = 1 << 20  # a marker is a few hundred bytes
 SESSION_DIR_RE = re.compile(r"^(\d{8})_import_(.+)_([0-9a-f]{8})$")
 PSEUDO_FS = {
     "proc", "sysfs", "cgroup", "cgroup2", "devpts", "devtmpfs", "mqueue", "securityfs",
@@ -74,16 +74,14 @@ def read_marker(root: str | os.PathLike[str]) -> Marker | None:
     Raises MarkerError (naming the file) when one exists but is not a valid marker."""
     path = os.path.join(root, MARKER)
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+        raw = drivefile.read_regular(path, MAX_MARKER_BYTES)
     except FileNotFoundError:
         return None
     except OSError as e:
         raise MarkerError(path=path, message=e.strerror or str(e)) from None
     try:
-        with os.fdopen(fd, "rb") as f:
-            raw = f.read(1 << 20)
-        data = json.loads(raw)
-    except (OSError, ValueError) as e:
+        data = drivefile.load_json(raw)
+    except ValueError as e:
         raise MarkerError(path=path, message=f"not readable JSON ({e})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
         raise MarkerError(path=path, message=f"'format' is not {FORMAT!r}")
@@ -163,12 +161,7 @@ def claims_to_be_marker(path: str) -> bool:
     """Does ``path`` say it is a storage marker (``format`` = ``imalink-storage``), valid or
     not? A symlink is not followed: a marker must live on the drive."""
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    except OSError:
-        return False
-    try:
-        with os.fdopen(fd, "rb") as f:
-            data = json.loads(f.read(1 << 20))
+        data = drivefile.load_json(drivefile.read_regular(path, MAX_MARKER_BYTES))
     except (OSError, ValueError):
         return False
     return isinstance(data, dict) and data.get("format") == FORMAT

@@ -1,0 +1,128 @@
+"""Reading a small file from a drive someone else may have written: never blocking on it,
+never reading more than its kind of file can hold, never decoding JSON without bounds.
+
+A drive can hold a FIFO, a device node or a socket under any name (``metadata.json``,
+``config.json``). Opening a FIFO for reading blocks until a writer comes, which on a drive
+nobody writes is forever; reading a device node reads the device. So every file read from
+a drive is opened with ``O_NONBLOCK`` (a FIFO opens at once then) and ``O_NOFOLLOW``, and
+``fstat`` decides before a byte is read: a regular file of at most the size allowed, else
+:class:`UnsafeFileError` naming what it is. Its ``strerror`` is the reason, so callers that
+report ``OSError.strerror`` name it as they would any other read error.
+
+JSON from a drive is decoded by :func:`load_json`: orjson first (fast, and it stops at
+1,024 levels of nesting), the standard library only for what orjson refuses but Python's
+``json`` writes (``NaN``), with integers kept within 64 bits and the nesting bounded.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import json
+import os
+import stat
+from typing import Any
+
+import orjson
+
+OPEN_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+# The range of an SQL BIGINT (and of SQLite's integers): what the catalog can hold.
+INT_MIN, INT_MAX = -(2**63), 2**63 - 1
+
+
+class UnsafeFileError(OSError):
+    """A file on a drive that is not read: not a regular file, or larger than allowed."""
+
+
+def _kind(mode: int) -> str:
+    for test, name in ((stat.S_ISFIFO, "a FIFO"), (stat.S_ISCHR, "a character device"), (stat.S_ISBLK, "a block device"),
+                       (stat.S_ISSOCK, "a socket"), (stat.S_ISDIR, "a directory"), (stat.S_ISLNK, "a symbolic link")):
+        if test(mode):
+            return name
+    return "not a regular file"
+
+
+def open_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[int, os.stat_result]:
+    """Open ``path`` for reading without blocking and without following a symlink; return
+    the descriptor (blocking again, for the reads) and its ``fstat``. Raises OSError as
+    ``os.open`` does, and UnsafeFileError (nothing read, nothing left open) when it is not
+    a regular file or is larger than ``max_bytes``."""
+    fd = os.open(path, OPEN_FLAGS)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise UnsafeFileError(errno.EINVAL, f"is {_kind(st.st_mode)}, not a regular file; not read", os.fspath(path))
+        if max_bytes is not None and st.st_size > max_bytes:
+            raise UnsafeFileError(errno.EFBIG, f"is {st.st_size:,} bytes, over the limit of {max_bytes:,} for this file; not read",
+                                  os.fspath(path))
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd, st
+
+
+def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
+    """The whole content of the regular file ``path``, at most ``max_bytes`` (see
+    :func:`open_regular`); a file that grew past the limit while read is refused too."""
+    fd, _st = open_regular(path, max_bytes)
+    with os.fdopen(fd, "rb") as f:
+        raw = f.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise UnsafeFileError(errno.EFBIG, f"grew over the limit of {max_bytes:,} bytes while read; not read", os.fspath(path))
+    return raw
+
+
+def _bounded_int(text: str) -> int:
+    value = int(text)
+    if not INT_MIN <= value <= INT_MAX:
+        raise ValueError(f"the integer {text[:40]}{'…' if len(text) > 40 else ''} is beyond 64 bits")
+    return value
+
+
+def load_json(raw: bytes) -> Any:
+    """``raw`` decoded as JSON, within bounds; raises ValueError saying what is wrong.
+
+    orjson decodes what it can (several times faster than the standard library on a large
+    file). It refuses nesting deeper than 1,024 levels: that is final. What else it refuses
+    goes to the standard library, which reads ``NaN`` and ``Infinity`` (Python's ``json``
+    writes them) and gives the message for what is not JSON at all; an integer beyond 64
+    bits is refused there, and nesting beyond Python's recursion limit too."""
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        if "recursion" in str(e).lower():
+            raise ValueError("nested more than 1,024 levels deep") from None
+    try:
+        return json.loads(raw, parse_int=_bounded_int)
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"not valid JSON (UnicodeDecodeError: {e})") from None
+    except ValueError as e:
+        if "beyond 64 bits" in str(e):
+            raise ValueError(str(e)) from None
+        raise ValueError(f"not valid JSON ({e.__class__.__name__}: {e})") from None
+
+
+def nesting_within(value: Any, levels: int) -> bool:
+    """Whether ``value`` holds no list or object more than ``levels`` levels deep (a
+    scalar: 0, ``{"a": 1}``: 1). Cheap for the shallow values it is meant for."""
+    stack = [(value, 0)]
+    while stack:
+        v, depth = stack.pop()
+        if type(v) is dict:
+            children = v.values()
+        elif type(v) is list:
+            children = v
+        else:
+            continue
+        if depth + 1 > levels:
+            return False
+        stack.extend((c, depth + 1) for c in children if type(c) in (dict, list))
+    return True
+
+
+def in_int_range(value: Any) -> bool:
+    """Whether ``value`` is an int (not a bool) the catalog's integer columns can hold."""
+    return type(value) is int and INT_MIN <= value <= INT_MAX
