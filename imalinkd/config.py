@@ -53,6 +53,7 @@ class StorageConfig:
     root: Path | None = None
     storage_id: str | None = None
     search_depth: int = 2  # how far below a mount point a storage marker is looked for
+    allow_fuse: bool = False  # believe markers found on FUSE mounts (ntfs-3g, exfat-fuse) made by root
     free_space_warning_percent: float = 5.0
     safety_margin_mb: int = 16  # preflight: room needed beyond the planned bytes
 

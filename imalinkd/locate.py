@@ -22,7 +22,7 @@ from typing import Iterable
 import structlog
 from sqlalchemy import select
 
-from imalinkd import storage
+from imalinkd import storage, trust
 from imalinkd.catalog import Catalog, Image, ImportSession, SessionCopy, StorageRoot, find_session
 from imalinkd.errors import MarkerError, StorageError
 
@@ -91,14 +91,19 @@ class _Scan:
     """Results of one scan of the mounted file systems, shared by the lookups of one call."""
 
     depth: int
+    allow_fuse: bool = False
     roots: list[storage.FoundRoot] | None = None
+
+    @classmethod
+    def of(cls, config) -> "_Scan":
+        return cls(config.storage.search_depth, config.storage.allow_fuse)
 
     def all(self) -> list[storage.FoundRoot]:
         if self.roots is None:
             seen: set[tuple[int, int]] = set()
             self.roots = []
             for mount in storage.mount_points():
-                for found in discover_roots(mount, self.depth)[0]:
+                for found in trust.believed(discover_roots(mount, self.depth)[0], self.allow_fuse, lambda f: f.path):
                     try:
                         st = os.stat(found.path)
                     except OSError:
@@ -132,7 +137,7 @@ def resolve_root(config, catalog: Catalog, storage_id: str | None, _scan: _Scan 
         last = row.last_seen_path if row is not None else None
     if last and marker_id_at(last) == storage_id:
         return last
-    scan = _scan or _Scan(config.storage.search_depth)
+    scan = _scan or _Scan.of(config)
     for found in scan.all():
         if found.marker.storage_id == storage_id:
             _remember_path(catalog, found.path, found.marker)
@@ -203,7 +208,7 @@ def session_path(config, catalog: Catalog, session_row, _scan: _Scan | None = No
     """Absolute path of the session's directory now (home root first, then replicas), or
     None when no copy is reachable. A session directory that is a symlink never counts."""
     row = _session_row(catalog, session_row)
-    scan = _scan or _Scan(config.storage.search_depth)
+    scan = _scan or _Scan.of(config)
     for copy in known_copies(catalog, row):
         found = _copy_dir(resolve_root(config, catalog, copy.storage_id, scan), copy.directory_name)
         if found:
@@ -283,7 +288,7 @@ def storage_status(config, catalog: Catalog, session_row) -> dict:
     ``storage_path`` is that source directory and ``manifest_path`` the session directory
     on the storage root."""
     row = _session_row(catalog, session_row)
-    scan = _Scan(config.storage.search_depth)
+    scan = _Scan.of(config)
     with catalog.session() as s:
         images = s.execute(
             select(Image.storage_relative_path, Image.original_import_path, Image.file_size).where(Image.session_id == row.id)
@@ -406,7 +411,7 @@ def scan_locations(config, catalog: Catalog) -> list[dict]:
             marker = None
         if marker is not None:
             candidates.append(storage.FoundRoot(p, marker))
-    candidates += _Scan(config.storage.search_depth).all()
+    candidates += _Scan.of(config).all()
     seen: set[tuple[int, int]] = set()
     out = []
     for found in candidates:

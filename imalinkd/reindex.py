@@ -38,7 +38,7 @@ import structlog
 from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
-from imalinkd import durable, manifest as mf, reading, storage
+from imalinkd import durable, manifest as mf, reading, storage, trust
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json, upsert_storage_root
 from imalinkd.catalog.bulk import RowWriter, fetch_tuples, fsdecoder, indexes_rebuilt_after, is_pysqlite, iso_column
 from imalinkd.errors import StorageError
@@ -921,7 +921,7 @@ def reindex_all(config, catalog: Catalog, verify: bool = False, progress: Progre
             found.append(storage.FoundRoot(base, marker))
     for mount in storage.mount_points():
         f, bad = discover_roots(mount, config.storage.search_depth)
-        found += f
+        found += trust.believed(f, config.storage.allow_fuse, lambda r: r.path)
         rejected += bad
     report = ReindexReport(rejected=sorted(set(rejected)))
     report.merge(_index_found(config, catalog, found, verify, progress))

@@ -54,13 +54,14 @@ def _check_headroom(when: str) -> None:
         raise ExaminationFailed(f"only {left} file descriptors left {when} the examination")
 
 
-def examine(event: MountAppeared, depth: int, *, blkid_timeout: float = BLKID_TIMEOUT_SECONDS) -> MountExamined:
+def examine(event: MountAppeared, depth: int, *, blkid_timeout: float = BLKID_TIMEOUT_SECONDS,
+            allow_fuse: bool = False) -> MountExamined:
     """One look at a new mount: identity, DCIM/, storage roots. Raises ExaminationFailed."""
     mp = Path(event.mount_point)
     _check_headroom("before")
     fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source, timeout=blkid_timeout)
     dcim = identify.has_dcim(mp)
-    roots = identify.find_storage_roots(mp, depth)
+    roots = identify.find_storage_roots(mp, depth, allow_fuse)
     _check_headroom("after")
     return MountExamined(mount=event, fs_uuid=fs_uuid, label=label, fstype=fstype, has_dcim=dcim, storage_roots=roots)
 
@@ -73,6 +74,7 @@ def examine_until_done(
     stopping: threading.Event,
     delays: tuple[float, ...] = RETRY_DELAYS,
     blkid_timeout: float = BLKID_TIMEOUT_SECONDS,
+    allow_fuse: bool = False,
 ) -> MountExamined | None:
     """Examine ``event``'s mount, again after each passing failure, until it succeeds.
     Returns None when the mount stopped being ``wanted()`` (gone, replaced) or the daemon
@@ -80,7 +82,7 @@ def examine_until_done(
     attempt = 0
     while wanted() and not stopping.is_set():
         try:
-            examined = examine(event, depth, blkid_timeout=blkid_timeout)
+            examined = examine(event, depth, blkid_timeout=blkid_timeout, allow_fuse=allow_fuse)
         except Exception as e:  # ExaminationFailed, or a reader's surprise: look again later either way
             delay = delays[min(attempt, len(delays) - 1)]
             attempt += 1

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import structlog
 
-from imalinkd import storage
+from imalinkd import storage, trust
 
 log = structlog.get_logger()
 
@@ -109,10 +109,13 @@ def is_camera_card(mount_point: Path) -> bool:
     return has_dcim(mount_point)
 
 
-def find_storage_roots(mount_point: Path, depth: int) -> tuple[Path, ...]:
+def find_storage_roots(mount_point: Path, depth: int, allow_fuse: bool = False) -> tuple[Path, ...]:
     """Storage roots at ``mount_point`` or up to ``depth`` directory levels below it,
     including ones whose marker is damaged (reindex then reports them by name). The walk
-    stays on the mount's own filesystem and never follows symlinks."""
+    stays on the mount's own filesystem and never follows symlinks. Only markers that are
+    believed count (:mod:`imalinkd.trust`: a real drive's, owned by root or this service);
+    the others are logged once and ignored."""
     claimed: list[str] = []
     found = [f.path for f in storage.find_storage_roots(str(mount_point), depth, claimed=claimed)]
-    return tuple(sorted((Path(p) for p in found + claimed), key=lambda p: p.parts))
+    believed = trust.believed(found + claimed, allow_fuse)
+    return tuple(sorted((Path(p) for p in believed), key=lambda p: p.parts))

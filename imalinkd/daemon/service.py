@@ -422,12 +422,12 @@ class Daemon:
             log.debug("mount_not_watched", mount_point=str(mp))
             return
         self.state.examining[mp] = event
-        depth = self.config.storage.search_depth
+        depth, allow_fuse = self.config.storage.search_depth, self.config.storage.allow_fuse
 
         def examine() -> None:
             # A failed look (EMFILE, blkid hung) is retried while the mount is there.
             examined = examine_until_done(event, depth, wanted=lambda: self.state.examining.get(mp) is event,
-                                          stopping=self.stopping)
+                                          stopping=self.stopping, allow_fuse=allow_fuse)
             if examined is not None:
                 self.events.put(examined)
 
