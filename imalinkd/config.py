@@ -91,6 +91,7 @@ class DaemonConfig:
     settle_seconds: float = 2.0  # drop folders: how long a file must be unchanged
     watchdog: bool = True  # send WATCHDOG=1 when systemd asks for it
     mount_paths: tuple[str, ...] = ()  # globs of mount points examined for cards/archives; empty: all
+    drive_job_seconds: float = 1800.0  # the longest a reindex of one drive may take in the daemon
     log_level: str = "info"
 
 
@@ -211,6 +212,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     daemon = reader.section(data, "daemon", DaemonConfig)
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         reader.fail("daemon.log_level", "must be one of debug, info, warning, error")
+    if not daemon.drive_job_seconds > 0:
+        reader.fail("daemon.drive_job_seconds", "must be more than 0")
     catalog = reader.section(data, "catalog", CatalogConfig)
     redact.remember_url(catalog.url)
     storage = reader.section(data, "storage", StorageConfig)

@@ -42,7 +42,7 @@ from typing import Any, Callable, Iterator
 import structlog
 
 from imalinkd.config import Config, load_config
-from imalinkd.daemon import identify, policy
+from imalinkd.daemon import drivejobs, identify, policy
 from imalinkd.daemon.dropfolder import DropFolderSource
 from imalinkd.daemon.examine import examine_until_done
 from imalinkd.daemon.events import (
@@ -117,19 +117,29 @@ def after_import_action(policy_after: str, outcome: str) -> str | None:
 class ImportGate:
     """Imports run side by side; a reindex runs alone. A reindex reconciles the catalog
     with what the drive says, and a session being written at that very moment (manifest on
-    the drive, catalog rows not yet) is exactly what it must not see half-done."""
+    the drive, catalog rows not yet) is exactly what it must not see half-done.
 
-    def __init__(self) -> None:
+    Imports come first: an import that finds a reindex running calls ``on_import_waiting``
+    (the daemon stops the reindex: :mod:`imalinkd.daemon.drivejobs`), and no reindex is
+    admitted while an import waits."""
+
+    def __init__(self, on_import_waiting: Callable[[], None] = lambda: None) -> None:
         self._cond = threading.Condition()
         self._imports = 0
+        self._waiting_imports = 0
         self._reindexing = False
+        self._on_import_waiting = on_import_waiting
 
     @contextmanager
     def importing(self, cancel: threading.Event) -> Iterator[bool]:
         """Yields False if ``cancel`` was set while waiting (then nothing may run)."""
         with self._cond:
+            if self._reindexing:
+                self._on_import_waiting()
+            self._waiting_imports += 1
             while self._reindexing and not cancel.is_set():
                 self._cond.wait()
+            self._waiting_imports -= 1
             admitted = not cancel.is_set()
             if admitted:
                 self._imports += 1
@@ -144,7 +154,7 @@ class ImportGate:
     @contextmanager
     def reindexing(self, cancel: threading.Event) -> Iterator[bool]:
         with self._cond:
-            while (self._imports or self._reindexing) and not cancel.is_set():
+            while (self._imports or self._waiting_imports or self._reindexing) and not cancel.is_set():
                 self._cond.wait()
             admitted = not cancel.is_set()
             if admitted:
@@ -175,6 +185,8 @@ class Job:
     kind: str  # card | drop_folder | reindex
     cancel: threading.Event
     thread: threading.Thread | None = None
+    preempt: threading.Event = field(default_factory=threading.Event)  # a drive job: an import waits for it
+    roots: tuple[Path, ...] = ()  # a drive job: the storage roots it reindexes
     mount_point: Path | None = None
     card: CardJob | None = None
     batch: DropBatchSettled | None = None
@@ -226,7 +238,7 @@ class Daemon:
         self._last_status = ""
         self._status_lock = threading.Lock()
         self._storage_lock = threading.Lock()
-        self.gate = ImportGate()
+        self.gate = ImportGate(on_import_waiting=self._preempt_drive_jobs)
         self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
         self.api: Any = None
         self.scrubs: Any = None  # imalinkd.scrub.scheduler.ScrubScheduler
@@ -556,6 +568,8 @@ class Daemon:
         log.info("job_finished", job=event.key, outcome=event.outcome, session_id=event.session_uuid)
         if job is None:
             return
+        if job.kind == "reindex":
+            self._drive_job_finished(job, event.outcome)
         if job.kind == "reindex" and event.outcome == "completed" and self.scrubs is not None:
             record = self.state.mounts.get(job.mount_point)
             if record is not None:  # still plugged in: scrub a slice of it now that the catalog knows it
@@ -789,24 +803,44 @@ class Daemon:
                 blog.warning("drop_file_delete_failed", path=str(path), error=e.strerror or str(e))
 
     def _start_reindex(self, mount_point: Path, roots: tuple[Path, ...]) -> None:
+        """Reindex the storage roots of a mount, each in a child process with a bounded
+        time (:mod:`imalinkd.daemon.drivejobs`); an import waiting for it stops it."""
         key = f"reindex:{mount_point}"
         if key in self.state.jobs:
             return
+        limit = self.config.daemon.drive_job_seconds
 
         def body(job: Job) -> JobFinished:
-            try:
-                from imalinkd.reindex import reindex_path
-            except ImportError:
-                log.warning("reindex_unavailable", mount_point=str(mount_point), reason="imalinkd.reindex is not installed")
-                return JobFinished(job.key, "failed")
             for root in roots:
                 if job.cancel.is_set():
                     return JobFinished(job.key, "cancelled")
-                result = reindex_path(self.config, self.catalog, root)
-                log.info("archive_reindexed", storage_root=str(root), result=_short(result))
+                done = drivejobs.run_reindex(self.config_path, str(root), cancel=job.cancel, preempt=job.preempt,
+                                             limit_seconds=limit)
+                if done.outcome != "completed":
+                    return JobFinished(job.key, done.outcome)
+                log.info("archive_reindexed", storage_root=str(root), result=_short(done.report))
             return JobFinished(job.key, "completed")
 
-        self._start_job(Job(key=key, name=f"reindex {mount_point}", kind="reindex", cancel=threading.Event(), mount_point=mount_point), body)
+        self._start_job(Job(key=key, name=f"reindex {mount_point}", kind="reindex", cancel=threading.Event(),
+                            mount_point=mount_point, roots=roots), body)
+
+    def _preempt_drive_jobs(self) -> None:
+        """An import waits for a drive job: stop it (called from the import's thread)."""
+        for job in list(self.state.jobs.values()):
+            if job.kind == "reindex" and not job.preempt.is_set():
+                log.info("drive_job_preempted", job=job.key, reason="an import is waiting; the reindex runs again after it")
+                job.preempt.set()
+
+    def _drive_job_finished(self, job: Job, outcome: str) -> None:
+        """After a drive job: run a preempted one again (it waits at the gate for the
+        imports); a drive over its time or stuck is left until it is plugged in again."""
+        mp = job.mount_point
+        if outcome == "preempted" and mp is not None and mp in self.state.mounts and not self.stopping.is_set():
+            self._start_reindex(mp, job.roots)
+        elif outcome == "timed_out":
+            log.error("drive_job_timed_out", mount_point=str(mp), limit_seconds=self.config.daemon.drive_job_seconds,
+                      message="the drive was not reindexed within [daemon] drive_job_seconds; imports go on. "
+                              "Run 'imalinkd reindex' on it by hand, or raise the limit and plug it in again")
 
     # -- after import --
 
