@@ -6,13 +6,16 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 
-from mounts import ext4_image, require_root
+from cards import make_card
+from namespaces import MountNamespace
 from test_reindex import make_root, make_session
 
 from imalinkd import manifest as mf
@@ -20,11 +23,16 @@ from imalinkd import manifest as mf
 REPO = Path(__file__).resolve().parent.parent
 
 
+def env() -> dict[str, str]:
+    return dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def imalinkd_command(config: Path, *args: str) -> list[str]:
+    return [sys.executable, "-m", "imalinkd", "--config", str(config), *args]
+
+
 def imalinkd(config: Path, *args: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    # a hang (a FIFO read) would stop the command forever: the timeout turns it into a failure
-    return subprocess.run([sys.executable, "-m", "imalinkd", "--config", str(config), *args],
-                          capture_output=True, text=True, env=env, timeout=180)
+    return subprocess.run(imalinkd_command(config, *args), capture_output=True, text=True, env=env(), timeout=180)
 
 
 def write_config(tmp_path: Path) -> Path:
@@ -97,25 +105,46 @@ def build_drive(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     return good, bad
 
 
-def test_hostile_manifests_and_markers_are_rejected_by_name_and_the_rest_indexed(tmp_path):
-    require_root()
+def ext4_from_tree(image: Path, tree: Path, size_mb: int = 64) -> Path:
+    """An ext4 image holding a copy of ``tree`` (FIFOs and sparse files as they are), made
+    without mounting it: nothing hostile is ever visible on this machine's mounts."""
+    with open(image, "wb") as f:
+        f.truncate(size_mb * 1024 * 1024)
+    subprocess.run(["mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(tree), str(image)], check=True, capture_output=True)
+    shutil.rmtree(tree)  # its FIFOs are left nowhere
+    return image
+
+
+@pytest.fixture
+def namespace():
+    ns = MountNamespace()
+    yield ns
+    ns.close()
+
+
+def test_hostile_manifests_and_markers_are_rejected_by_name_and_the_rest_indexed(tmp_path, namespace):
     config = write_config(tmp_path)
-    with ext4_image(tmp_path / "drive", size_mb=64) as drive:
-        good, bad = build_drive(drive / "photos")
-        r = imalinkd(config, "reindex", str(drive))
-        assert r.returncode == 1, r.stdout + r.stderr
-        assert "Traceback" not in r.stderr, r.stderr
-        lines = r.stderr.splitlines()
-        for what, path in bad.items():
-            assert any(f"rejected {path}" in line for line in lines), (what, r.stderr)
-        named = {what: next(line for line in lines if f"rejected {path}" in line) for what, path in bad.items()}
-        assert "FIFO" in named["fifo"] and "FIFO" in named["fifo_marker"]
-        assert "nested" in named["deep"] and "nested" in named["deepnan"] and "nested" in named["deepmedia"]
-        assert "beyond 64 bits" in named["hugeint"]
-        assert "byte count" in named["u64"] and "out of range" in named["mtime"]
-        assert "over the limit" in named["big"]
-        sessions = json.loads(imalinkd(config, "sessions", "--json").stdout)
-        assert sorted(s["import_session_id"] for s in sessions) == sorted(good.values())
+    tree = tmp_path / "tree"
+    good, bad_in_tree = build_drive(tree / "photos")
+    image = ext4_from_tree(tmp_path / "drive.img", tree)
+    drive = tmp_path / "drive"
+    bad = {what: str(drive / os.path.relpath(path, tree)) for what, path in bad_in_tree.items()}
+    namespace.mount_loop(image, drive)
+    r = subprocess.run(namespace.command(*imalinkd_command(config, "reindex", str(drive))), capture_output=True, text=True,
+                       env=env(), timeout=180)  # a FIFO read would hang: the timeout makes it a failure
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "Traceback" not in r.stderr, r.stderr
+    lines = r.stderr.splitlines()
+    for what, path in bad.items():
+        assert any(f"rejected {path}" in line for line in lines), (what, r.stderr)
+    named = {what: next(line for line in lines if f"rejected {path}" in line) for what, path in bad.items()}
+    assert "FIFO" in named["fifo"] and "FIFO" in named["fifo_marker"]
+    assert "nested" in named["deep"] and "nested" in named["deepnan"] and "nested" in named["deepmedia"]
+    assert "beyond 64 bits" in named["hugeint"]
+    assert "byte count" in named["u64"] and "out of range" in named["mtime"]
+    assert "over the limit" in named["big"]
+    sessions = json.loads(imalinkd(config, "sessions", "--json").stdout)
+    assert sorted(s["import_session_id"] for s in sessions) == sorted(good.values())
 
 
 @pytest.mark.parametrize("content", [b"[" * 100_000, b'{"format": "imalink-storage", "x": ' + b"[" * 3000 + b"NaN" + b"]" * 3000 + b"}"])
@@ -127,3 +156,59 @@ def test_a_marker_nested_too_deeply_is_an_invalid_marker_not_a_crash(tmp_path, c
     with pytest.raises(MarkerError, match="nested"):
         storage.read_marker(tmp_path)
     assert storage.claims_to_be_marker(str(tmp_path / "config.json")) is False
+
+
+# --- markers that are not believed -----------------------------------------------------------------
+
+
+def marker_text(storage_id: str) -> str:
+    return json.dumps({"format": "imalink-storage", "format_version": 1, "storage_id": storage_id, "label": "fake",
+                       "created_at": "2026-12-01T00:00:00Z"})
+
+
+def ignored(r: subprocess.CompletedProcess, marker: Path, why: str) -> bool:
+    """Whether the command logged the marker as ignored, for that reason, once."""
+    lines = [line for line in r.stderr.splitlines() if "storage_marker_ignored" in line and f"path={marker} " in line]
+    return len(lines) == 1 and why in lines[0]
+
+
+def test_a_marker_in_a_tmpfs_or_owned_by_another_user_is_not_an_archive(tmp_path, namespace):
+    """A local user who knows the archive's storage_id writes a marker with it where they
+    can: a tmpfs (as /dev/shm), or a directory of their own on a real disk. The import
+    goes to the real archive drive, whose marker is root's; the others are named and
+    ignored, and an id found only on them is no archive at all."""
+    real, owned, shared = (str(uuid.uuid4()) for _ in range(3))
+    tree = tmp_path / "tree"
+    make_root(tree / "photos")
+    (tree / "photos" / "config.json").write_text(marker_text(real))
+    for name, sid in (("owned", owned), ("shared", shared)):
+        (tree / name).mkdir()
+        (tree / name / "config.json").write_text(marker_text(sid))
+    os.chown(tree / "owned", 65534, 65534)
+    os.chown(tree / "owned" / "config.json", 65534, 65534)
+    os.chmod(tree / "shared", 0o777)
+    image = ext4_from_tree(tmp_path / "drive.img", tree)
+    shm = tmp_path / "shm"
+    shm.mkdir()
+    namespace.run("mount", "-t", "tmpfs", "-o", "mode=1777", "tmpfs", shm)
+    (tmp_path / "fake.json").write_text(marker_text(real))
+    namespace.run("install", "-D", "-m", "0644", tmp_path / "fake.json", shm / "archive" / "config.json")
+    drive = tmp_path / "drive"
+    namespace.mount_loop(image, drive)
+    card = make_card(tmp_path / "card", shots=2)
+
+    def import_with(storage_id: str) -> subprocess.CompletedProcess:
+        config = write_config(tmp_path)
+        config.write_text(config.read_text().replace(f'root = "{tmp_path}/home-archive"', f'storage_id = "{storage_id}"'))
+        return subprocess.run(namespace.command(*imalinkd_command(config, "import", str(card.root), "--json")),
+                              capture_output=True, text=True, env=env(), timeout=180)
+
+    r = import_with(real)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["storage_path"].startswith(str(drive / "photos") + "/")
+    assert namespace.run("find", shm, "-name", "*_import_*") == ""
+    assert ignored(r, shm / "archive" / "config.json", "tmpfs file system, not backed by a block device"), r.stderr
+    for sid, where, why in ((owned, "owned", "owned by uid 65534"), (shared, "shared", "writable by other users")):
+        r = import_with(sid)
+        assert r.returncode != 0 and sid in r.stderr and "Traceback" not in r.stderr, r.stderr
+        assert ignored(r, drive / where / "config.json", why), r.stderr
