@@ -11,7 +11,7 @@ report ``OSError.strerror`` name it as they would any other read error.
 
 JSON from a drive is decoded by :func:`load_json`: orjson first (fast, and it stops at
 1,024 levels of nesting), the standard library only for what orjson refuses but Python's
-``json`` writes (``NaN``), with integers kept within 64 bits and the nesting bounded.
+``json`` writes (``NaN``, integers beyond 64 bits), with the nesting bounded.
 """
 
 from __future__ import annotations
@@ -73,35 +73,26 @@ def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:
     return raw
 
 
-def _bounded_int(text: str) -> int:
-    value = int(text)
-    if not INT_MIN <= value <= INT_MAX:
-        raise ValueError(f"the integer {text[:40]}{'…' if len(text) > 40 else ''} is beyond 64 bits")
-    return value
-
-
 def load_json(raw: bytes) -> Any:
     """``raw`` decoded as JSON, within bounds; raises ValueError saying what is wrong.
 
     orjson decodes what it can (several times faster than the standard library on a large
     file). It refuses nesting deeper than 1,024 levels: that is final. What else it refuses
-    goes to the standard library, which reads ``NaN`` and ``Infinity`` (Python's ``json``
-    writes them) and gives the message for what is not JSON at all; an integer beyond 64
-    bits is refused there, and nesting beyond Python's recursion limit too."""
+    goes to the standard library, which reads ``NaN`` and ``Infinity`` and integers beyond
+    64 bits (Python's ``json`` writes them all; an integer of more than 4,300 digits is
+    refused) and gives the message for what is not JSON at all; nesting beyond Python's
+    recursion limit is refused there. Whoever stores a number checks its range
+    (:func:`in_int_range`): orjson reads unsigned 64-bit integers too."""
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
         if "recursion" in str(e).lower():
             raise ValueError("nested more than 1,024 levels deep") from None
     try:
-        return json.loads(raw, parse_int=_bounded_int)
+        return json.loads(raw)
     except RecursionError:
         raise ValueError("nested too deeply") from None
-    except UnicodeDecodeError as e:
-        raise ValueError(f"not valid JSON (UnicodeDecodeError: {e})") from None
-    except ValueError as e:
-        if "beyond 64 bits" in str(e):
-            raise ValueError(str(e)) from None
+    except ValueError as e:  # UnicodeDecodeError and JSONDecodeError too
         raise ValueError(f"not valid JSON ({e.__class__.__name__}: {e})") from None
 
 

@@ -220,8 +220,9 @@ def read_manifest(session_dir: str | os.PathLike[str]) -> SessionManifest:
 
 def decode_json(raw: bytes, path: str = FILENAME) -> Any:
     """``raw`` decoded as JSON within bounds (:func:`imalinkd.drivefile.load_json`: orjson,
-    the standard library for what orjson refuses but Python's ``json`` writes, nesting and
-    integers bounded). Raises ManifestError naming ``path``."""
+    the standard library for what orjson refuses but Python's ``json`` writes, nesting
+    bounded). Raises ManifestError naming ``path``. The numbers that go to the catalog are
+    range-checked by :func:`parse_manifest`."""
     try:
         return drivefile.load_json(raw)
     except ValueError as e:
