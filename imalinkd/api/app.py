@@ -41,6 +41,7 @@ import structlog
 from fastapi import Depends, FastAPI, Path, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
+from fastapi_offline import FastAPIOffline
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import func, select
@@ -48,7 +49,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse
 
 from imalinkd import __version__, paths, redact
-from imalinkd.api import auth
+from imalinkd.api import auth, web
 from imalinkd.api.hosts import HostCheck, host_policy
 from imalinkd.api.hub import ProgressHub, seed_phase
 from imalinkd.api.metrics import app_registry
@@ -436,7 +437,8 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
             token = None
     redact.remember(token)
 
-    app = FastAPI(
+    # FastAPIOffline: /docs and /redoc load Swagger UI and ReDoc from the package, not a CDN
+    app = FastAPIOffline(
         title="imalinkd",
         version=__version__,
         description="Photo-ingest daemon API: import sessions on live storage, archived files, live progress, metrics.",
@@ -480,7 +482,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
                                          headers={"WWW-Authenticate": "Bearer"})
 
     def require_read(request: Request) -> None:
-        if not reads_open:
+        if not reads_open and not web.signed_in_browser(request, token):
             require_token(request)
 
     Read = Depends(require_read)
@@ -784,6 +786,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
     def get_health() -> dict:
         return {"status": "ok", "version": __version__, "imports_active": len(hub.active())}
 
+    web.install_web(app, config, catalog, token=token, reads_open=reads_open, trust_local_socket=trust_local_socket)
     return app
 
 

@@ -117,6 +117,7 @@ class ProgressHub:
         self._active: dict[str, dict] = {}  # session uuid (or source) -> latest progress message
         self._finished: OrderedDict[str, dict] = OrderedDict()
         self._last: dict[str, tuple[int, int]] = {}  # key -> (files_done, bytes_done) counted so far
+        self._waiting_source: Any = None
 
     # -- producers (any thread) --
 
@@ -178,7 +179,23 @@ class ProgressHub:
         """Count a verification run's results (``importer.VerifyReport``)."""
         self.metrics.verify_report(report)
 
+    def set_waiting_source(self, source: Any) -> None:
+        """``source()`` lists what waits for an archive (the daemon's cards and drop folders),
+        each ``{"kind", "name", "mount_point"}``; shown on the web dashboard."""
+        self._waiting_source = source
+
     # -- consumers --
+
+    def waiting(self) -> list[dict]:
+        """Cards and drop folders waiting for an archive to be plugged in (empty outside the daemon)."""
+        source = self._waiting_source
+        if source is None:
+            return []
+        try:
+            return list(source())
+        except Exception:
+            log.warning("waiting_list_failed", exc_info=True)
+            return []
 
     def subscribe(self, loop: asyncio.AbstractEventLoop | None = None) -> Subscription:
         sub = Subscription(self, loop or asyncio.get_running_loop())

@@ -275,6 +275,7 @@ class Daemon:
             from imalinkd.api import ProgressHub, start_api_server
 
             self.hub = ProgressHub()
+            self.hub.set_waiting_source(self._waiting_for_archive)
             self.api = start_api_server(self.config, self.catalog, self.hub)
         except Exception as e:
             log.error("api_unavailable", listen=self.config.api.listen, error=str(e))
@@ -294,6 +295,12 @@ class Daemon:
         channel, when there is one, is called from here."""
         self.state.last_note = f"scrub found {finding.result} {finding.directory_name}/{finding.path} on {finding.label!r}"
         self._update_status()
+
+    def _waiting_for_archive(self) -> list[dict]:
+        """Cards and drop folders waiting for an archive, for the web dashboard (any thread)."""
+        out = [{"kind": "card", "name": j.identity.name, "mount_point": str(j.mount_point)} for j in dict(self.state.waiting).values()]
+        out += [{"kind": "drop folder", "name": str(b.folder), "mount_point": str(b.folder)} for b in dict(self.state.waiting_drops).values()]
+        return out
 
     def _install_signals(self) -> None:
         def on_term(signum: int, _frame: Any) -> None:
