@@ -22,6 +22,7 @@ from imalinkd.sessions import effective_status, session_json
 
 PAGE_SIZES = (25, 50, 100)
 FILES_PER_PAGE = 60
+MAX_PER_PAGE = 200
 SKIPPED_SHOWN = 500
 STATUSES = ("in_progress", "failed", "completed", "not_started")
 
@@ -63,7 +64,7 @@ class Pager:
 
 
 def pager(page: int, per_page: int, total: int) -> Pager:
-    per_page = per_page if per_page in PAGE_SIZES or per_page == FILES_PER_PAGE else PAGE_SIZES[0]
+    per_page = min(max(1, per_page), MAX_PER_PAGE)
     pages = max(1, math.ceil(total / per_page))
     return Pager(min(max(1, page), pages), per_page, total)
 

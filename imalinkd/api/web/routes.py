@@ -22,6 +22,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from imalinkd import __version__, importer, paths
 from imalinkd.api.web import access, pages
 from imalinkd.api.web.format import FILTERS, GLOBALS
+from imalinkd.api.web.locations import BoundedLocations
 from imalinkd.errors import ImalinkError, SessionNotFoundError
 
 log = structlog.get_logger(__name__)
@@ -38,6 +39,7 @@ class Web:
         self.config, self.catalog, self.access = config, catalog, access_
         self.hub, self.jobs = app.state.hub, app.state.jobs
         self.api = pages.ApiHandlers(app)
+        self.locations = BoundedLocations(self.api.get_scan_locations, catalog)
         self.templates = Jinja2Templates(directory=str(HERE / "templates"))
         self.templates.env.filters.update(FILTERS)
         self.templates.env.globals.update(GLOBALS)
@@ -91,9 +93,10 @@ def build_router(web: Web) -> APIRouter:
         if (r := read_page(request)) is not None:
             return r
         c, cat = web.config, web.catalog
+        locations, complete = web.locations.now()
         return web.render(
             request, "dashboard.html", active=web.hub.active(), waiting=web.hub.waiting(),
-            recent=pages.recent_sessions(c, cat), locations=web.api.get_scan_locations(),
+            recent=pages.recent_sessions(c, cat), locations=locations, complete=complete,
             jobs=[j.as_json() for j in web.jobs.all()[:5]], default_storage=pages.default_storage_root(c, cat),
             verify_default=c.import_.verify,
         )
@@ -152,7 +155,8 @@ def build_router(web: Web) -> APIRouter:
     def locations(request: Request) -> Response:
         if (r := read_page(request)) is not None:
             return r
-        return web.render(request, "locations.html", locations=web.api.get_scan_locations(), report=None)
+        locations, complete = web.locations.now()
+        return web.render(request, "locations.html", locations=locations, complete=complete, report=None)
 
     @router.get("/signin", response_class=HTMLResponse)
     def signin_form(request: Request, next: str = "/") -> Response:
@@ -245,10 +249,12 @@ def build_router(web: Web) -> APIRouter:
         try:
             outcome = reindex(web, form)
         except (ImalinkError, StarletteHTTPException, ValueError) as e:
-            return web.render(request, "locations.html", _status(e), locations=web.api.get_scan_locations(), report=None, error=_detail(e))
+            locations, complete = web.locations.now()
+            return web.render(request, "locations.html", _status(e), locations=locations, complete=complete, report=None, error=_detail(e))
         if outcome.get("job_id"):
             return RedirectResponse(f"/jobs/{outcome['job_id']}", status_code=303)
-        return web.render(request, "locations.html", locations=web.api.get_scan_locations(), report=outcome)
+        locations, complete = web.locations.now()
+        return web.render(request, "locations.html", locations=locations, complete=complete, report=outcome)
 
     return router
 

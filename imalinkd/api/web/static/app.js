@@ -129,22 +129,52 @@
     out.appendChild(link);
   }
 
-  function followJob() {
-    const job = $("#job");
-    if (!job || job.dataset.status !== "running") return;
-    let asked = false;
+  // Follow a background job (import, resume) until it ends, then show its page, which
+  // says how it ended. Polling /imports/{id} covers an end before the stream was open.
+  function followJob(jobId, reload) {
+    let asking = false;
     const ask = () => {
-      if (asked) return;
-      asked = true;
-      fetch("/imports/" + encodeURIComponent(job.dataset.job), { credentials: "same-origin" })
+      if (asking) return;
+      asking = true;
+      fetch("/imports/" + encodeURIComponent(jobId), { credentials: "same-origin" })
         .then((r) => r.json())
-        .then((d) => { if (d.status && d.status !== "running") window.location.reload(); })
+        .then((d) => {
+          if (!d.status || d.status === "running") return;
+          if (reload) window.location.reload(); else window.location.assign("/jobs/" + jobId);
+        })
         .catch(() => {})
-        .finally(() => { asked = false; });
+        .finally(() => { asking = false; });
     };
     document.addEventListener("imalinkd:ended", ask);
-    setInterval(ask, 1500);  // covers an end that happened before the stream was open
+    setInterval(ask, 1500);
     ask();
+  }
+
+  // The dialog starts the import without leaving the dashboard, whose stream is already
+  // open: the progress view shows the import from its first event.
+  function setupImportDialog() {
+    const dialog = $("#import-dialog"), form = $("#import-form", dialog || undefined);
+    if (!dialog || !form) return;
+    form.addEventListener("submit", (e) => {
+      const mode = $("input[name=mode]:checked", form);
+      if (mode && mode.value !== "copy") return;  // cataloguing in place: its own page says what happened
+      e.preventDefault();
+      const button = $("#import-start", form);
+      if (button) button.disabled = true;
+      fetch(form.action, { method: "POST", body: new URLSearchParams(new FormData(form)), credentials: "same-origin" })
+        .then((r) => {
+          const m = /^\/jobs\/([0-9a-f]+)$/.exec(new URL(r.url).pathname);
+          if (r.redirected && m) {
+            dialog.close();
+            const container = $("#imports");
+            if (container) container.dataset.job = m[1];
+            followJob(m[1], false);
+            return null;
+          }
+          return r.text().then((html) => { document.open(); document.write(html); document.close(); });
+        })
+        .catch(() => { if (button) button.disabled = false; });
+    });
   }
 
   function setupEvents() {
@@ -181,7 +211,9 @@
     setupDialog();
     setupStorageCheck();
     setupEvents();
-    followJob();
+    setupImportDialog();
+    const job = $("#job");
+    if (job && job.dataset.status === "running") followJob(job.dataset.job, true);
     setupViewer();
   });
 })();
