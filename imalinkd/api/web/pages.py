@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from fastapi.routing import APIRoute
-from sqlalchemy import func, or_, select
+from sqlalchemy import func, select
 
 from imalinkd import locate, paths, storage
-from imalinkd.catalog import Image, ImportSession, Photo, SkippedFile, find_session
+from imalinkd.catalog import ImportSession, SkippedFile, find_session
 from imalinkd.errors import ImalinkError, MarkerError
 from imalinkd.sessions import effective_status, session_json
 
@@ -163,14 +163,3 @@ def default_storage_root(config, catalog) -> str:
     if config.storage_root:
         return str(config.storage_root)
     return locate.resolve_root(config, catalog, config.storage.storage_id) or ""
-
-
-def photo_count(catalog) -> int:
-    with catalog.session() as s:
-        return s.scalar(select(func.count(Photo.id))) or 0
-
-
-def image_count(catalog) -> int:
-    with catalog.session() as s:
-        return s.scalar(select(func.count(Image.id))) or 0
-

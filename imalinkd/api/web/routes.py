@@ -8,18 +8,17 @@ page, the API and the CLI do the same thing.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import structlog
-from fastapi import APIRouter, Form, Query, Request
+from fastapi import APIRouter, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from imalinkd import __version__, importer, paths
+from imalinkd import __version__
 from imalinkd.api.web import access, pages
 from imalinkd.api.web.format import FILTERS, GLOBALS
 from imalinkd.api.web.locations import BoundedLocations
