@@ -68,6 +68,34 @@ def test_installed_package_has_its_migrations_and_runs_an_import(venv, tmp_path)
         assert command in r.stdout
 
 
+WEB_CHECK = """
+import sys, tempfile
+import imalinkd.api.web as web
+assert "site-packages" in web.__file__, web.__file__  # the installed copy, not the source tree
+from fastapi.testclient import TestClient
+from imalinkd.api.app import create_app
+from imalinkd.catalog import Catalog
+from imalinkd.config import parse_config
+d = tempfile.mkdtemp()
+config = parse_config({"catalog": {"url": f"sqlite:///{d}/c.db"}, "storage": {"root": f"{d}/archive"},
+                       "daemon": {"state_dir": f"{d}/state"}})
+client = TestClient(create_app(config, Catalog.open(config), token="t" * 32))
+for path in ("/", "/sessions", "/locations", "/signin", "/static/app.js", "/static/app.css", "/docs",
+             "/static-offline-docs/swagger-ui-bundle.js", "/redoc", "/static-offline-docs/redoc.standalone.js"):
+    r = client.get(path)
+    print(path, r.status_code, len(r.content))
+    assert r.status_code == 200 and r.content, path
+"""
+
+
+def test_installed_package_serves_the_web_ui_and_docs_from_its_own_files(venv, tmp_path):
+    """A non-editable install carries the templates and static files (package data) and the
+    API docs' Swagger UI and ReDoc bundles: every page and asset is served with no network."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(venv / "bin" / "python"), "-c", WEB_CHECK], capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
+
+
 def _free_port_8765() -> bool:
     with socket.socket() as s:
         try:
