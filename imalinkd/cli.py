@@ -45,7 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
     def add(name: str, help: str, *parents: argparse.ArgumentParser) -> argparse.ArgumentParser:
         return sub.add_parser(name, help=help, description=help, parents=[common, *parents])
 
-    add("run", "run the daemon: watch mounts and drop folders, import cards, serve the API")
+    c = add("run", "run the daemon: watch mounts and drop folders, import cards, serve the API and the web UI")
+    c.add_argument("--log-format", choices=["auto", "console", "json"], default="auto",
+                   help="log lines: readable on a terminal, JSON under systemd or when piped (auto, the default)")
 
     c = add("import", "import a folder or a mounted card as one new session", js)
     c.add_argument("source", help="folder or mount point to import (only read, never written)")
@@ -408,6 +410,8 @@ def cmd_adopt(config, args) -> int:
 def cmd_check_config(config, args) -> int:
     import dataclasses
 
+    from imalinkd import config_view
+
     def plain(v):
         if dataclasses.is_dataclass(v):
             return {f.name.rstrip("_"): plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
@@ -424,6 +428,7 @@ def cmd_check_config(config, args) -> int:
     out["storage_root_in_effect"] = str(config.storage_root) if config.storage_root else None
     catalog = catalog_reachable(config.catalog_url)
     out["catalog_check"] = catalog.as_json()
+    out.update(config_view.summary(config))
     if args.json:
         _print_json(out)
     else:
@@ -431,6 +436,8 @@ def cmd_check_config(config, args) -> int:
         _say(f"  catalog: {catalog.url}: {catalog.message}")
         _say(f"  storage: {config.storage_root or 'storage_id ' + str(config.storage.storage_id)}")
         _say(f"  api: {config.api.listen or 'disabled'}; card rules: {len(config.cards)}; drop folders: {len(config.drop_folders)}")
+        for line in config_view.describe(config):
+            _say(line)
     if not catalog.ok:
         print(f"imalinkd: the catalog cannot be used: {catalog.url}: {catalog.message}", file=sys.stderr)
         return EXIT_FAILED
@@ -440,7 +447,7 @@ def cmd_check_config(config, args) -> int:
 def cmd_run(config, args) -> int:
     from imalinkd.daemon.service import run_daemon
 
-    return run_daemon(getattr(args, "config", None))
+    return run_daemon(getattr(args, "config", None), args.log_format)
 
 
 COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {

@@ -82,6 +82,7 @@ class ApiConfig:
     max_connections: int = 64  # open HTTP connections at once; more are answered 503 and closed
     request_timeout_seconds: float = 10.0  # to send a whole request (headers and body)
     idle_timeout_seconds: float = 5.0  # a kept-alive connection with no request is closed
+    optional: bool = False  # true: a daemon whose API cannot listen goes on without it (else it stops)
 
 
 @dataclass(frozen=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import structlog
@@ -12,10 +13,34 @@ from imalinkd import redact
 _LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING, "error": logging.ERROR}
 
 
+LOG_FORMATS = ("auto", "console", "json")
+
+
+def wants_json(log_format: str = "auto", stream=None, environ=None) -> bool:
+    """``json`` or ``console`` as asked; ``auto``: readable lines on a terminal, JSON under
+    systemd (``JOURNAL_STREAM`` is set) and wherever a program reads them (a pipe, a file)."""
+    if log_format != "auto":
+        return log_format == "json"
+    if (os.environ if environ is None else environ).get("JOURNAL_STREAM"):
+        return True
+    try:
+        return not (stream or sys.stderr).isatty()
+    except (AttributeError, ValueError):
+        return True
+
+
 def configure_logging(level: str = "info", json: bool = True, stream=None) -> None:
     """JSON lines (for journald and scripts) or readable console lines, to ``stream``
-    (stderr by default, so that ``--json`` output on stdout stays clean)."""
-    renderer = structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
+    (stderr by default, so that ``--json`` output on stdout stays clean). Console lines
+    are coloured on a terminal."""
+    if json:
+        renderer = structlog.processors.JSONRenderer()
+    else:
+        try:
+            colors = (stream or sys.stderr).isatty()
+        except (AttributeError, ValueError):
+            colors = False
+        renderer = structlog.dev.ConsoleRenderer(colors=colors)
     structlog.configure(
         processors=[
             structlog.contextvars.merge_contextvars,

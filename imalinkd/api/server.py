@@ -14,6 +14,7 @@ socket's mode or directory were loosened by hand.
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import socket
@@ -151,6 +152,19 @@ def connection_limit(configured: int) -> int:
     return limit
 
 
+def _cannot_listen(listen: str, addr: ListenAddress, e: OSError) -> str:
+    """What to tell the user when the API's address cannot be bound, and what to do."""
+    fix = "Choose another [api] listen, or set [api] optional = true to run without the API and the web UI."
+    if e.errno == errno.EADDRINUSE and not addr.unix_path:
+        return (f"the HTTP API cannot listen on {listen}: the port is already in use (another imalinkd, or another "
+                f"program: 'ss -ltnp sport = :{addr.port}' names it). Stop it, or: {fix}")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"the HTTP API cannot listen on {listen}: that address is not one of this machine's. {fix}"
+    if e.errno == errno.EACCES:
+        return f"the HTTP API cannot listen on {listen}: permission denied (ports below 1024 need root). {fix}"
+    return f"the HTTP API cannot listen on {listen}: {e.strerror or e}. {fix}"
+
+
 def start_api_server(config, catalog, hub: ProgressHub | None = None, *, token: str | None = None,
                      start_timeout: float = 10.0) -> ApiServer:
     """Start serving ``create_app(config, catalog, hub)`` on ``[api] listen``.
@@ -168,7 +182,7 @@ def start_api_server(config, catalog, hub: ProgressHub | None = None, *, token: 
     try:
         sock = _bind(addr)
     except OSError as e:
-        raise ImalinkError(f"the HTTP API cannot listen on {listen}: {e.strerror or e}") from None
+        raise ImalinkError(_cannot_listen(listen, addr, e)) from None
     if addr.unix_path:
         url = f"unix:{addr.unix_path}"
     else:

@@ -259,7 +259,9 @@ class Daemon:
         except OSError as e:
             log.error("event_sources_failed", error=str(e))
             return 1
-        self._start_api()
+        if not self._start_api():
+            self._shutdown()
+            return 1
         self._start_scrubs()
         log.info("daemon_ready", config=self.config.source, pid=os.getpid())
         self.notifier.ready(status=self._status())
@@ -269,8 +271,10 @@ class Daemon:
             self._shutdown()
         return 0
 
-    def _start_api(self) -> None:
-        """Serve the HTTP API on [api] listen; a failure is logged and the daemon goes on."""
+    def _start_api(self) -> bool:
+        """Serve the HTTP API (and the web UI) on [api] listen. When it cannot (the port is
+        taken, the address is not this machine's) the daemon stops with a clear message,
+        False, unless ``[api] optional`` is true: then it says so and goes on without it."""
         try:
             from imalinkd.api import ProgressHub, start_api_server
 
@@ -278,7 +282,14 @@ class Daemon:
             self.hub.set_waiting_source(self._waiting_for_archive)
             self.api = start_api_server(self.config, self.catalog, self.hub)
         except Exception as e:
+            if self.config.api.optional:
+                log.error("api_unavailable", listen=self.config.api.listen, error=str(e),
+                          message="running without the HTTP API and the web UI ([api] optional = true)")
+                return True
             log.error("api_unavailable", listen=self.config.api.listen, error=str(e))
+            print(f"imalinkd: {e}", file=sys.stderr, flush=True)
+            return False
+        return True
 
     def _start_scrubs(self) -> None:
         """Scrubs of archive drives (imalinkd.scrub.scheduler), in a thread of their own."""
@@ -902,18 +913,19 @@ def _short(result: Any) -> Any:
     return str(result)[:200]
 
 
-def run_daemon(config_path: str | None) -> int:
+def run_daemon(config_path: str | None, log_format: str = "auto") -> int:
     """Entry point of ``imalinkd run``. Returns the exit code: 0 after a clean stop, 2 for a
-    bad config, 1 when the daemon could not start (catalog, event sources)."""
+    bad config, 1 when the daemon could not start (catalog, event sources, the API's
+    address). ``log_format``: see :func:`imalinkd.logsetup.wants_json`."""
     try:
         config = load_config(config_path)
     except ConfigError as e:
         print(f"imalinkd: {e}", file=sys.stderr)
         return e.exit_code
     try:
-        from imalinkd.logsetup import configure_logging
+        from imalinkd.logsetup import configure_logging, wants_json
 
-        configure_logging(config.daemon.log_level, json=True)
+        configure_logging(config.daemon.log_level, json=wants_json(log_format))
     except ImportError:
         pass
     return Daemon(config, config_path).run()
