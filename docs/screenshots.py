@@ -36,8 +36,10 @@ def main(out: Path) -> None:
         cfg.write_text(f'[catalog]\nurl = "sqlite:///{tmp}/catalog.db"\n[storage]\nroot = "{tmp}/photo-archive"\n'
                        f'[api]\nlisten = "127.0.0.1:{port}"\n[daemon]\nstate_dir = "{tmp}/state"\nmount_paths = ["{tmp}/mounts/*"]\n'
                        '[import]\nthumbnail_size = 320\nverify = "paranoid"\n')
-        card = make_card(tmp / "EOS_DIGITAL", photos=18, clips=60, clip_mib=8)
+        card = make_card(tmp / "EOS_DIGITAL", photos=18, clips=40, clip_mib=8)
         env = {**os.environ, "PYTHONPATH": str(REPO)}
+        subprocess.run([sys.executable, "-m", "imalinkd", "--config", str(cfg), "init-storage", str(tmp / "photo-archive"),
+                        "--label", "Photo archive"], env=env, check=True, stdout=subprocess.DEVNULL)
         proc = subprocess.Popen([sys.executable, "-m", "imalinkd", "--config", str(cfg), "run", "--log-format", "json"],
                                 env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
@@ -64,6 +66,7 @@ def main(out: Path) -> None:
                                        " return c && Number(c.dataset.percent) > 25; }")
                 page.screenshot(path=str(out / "dashboard.png"))
                 page.wait_for_url(url + "/jobs/*")
+                page.click("#storage-info summary")
                 page.click("#session-link")
                 page.wait_for_function("() => [...document.querySelectorAll('.thumbs img')].every(i => i.complete && i.naturalWidth > 0)")
                 page.screenshot(path=str(out / "session.png"))
