@@ -145,3 +145,91 @@ def test_api_docs_load_nothing_from_elsewhere(env):
         assert "cdn." not in page.text and "fonts.googleapis" not in page.text
         for u in urls:
             assert env.client.get(u).status_code == 200, u
+
+
+def signed_in_client(env) -> httpx.Client:
+    client = httpx.Client(base_url=env.server.url, timeout=60)
+    assert sign_in(client).status_code == 303
+    return client
+
+
+def wait_for_job_page(client: httpx.Client, location: str) -> str:
+    """The job's page once the job has ended (its page no longer says it runs)."""
+    import time
+
+    deadline = time.monotonic() + 120
+    while True:
+        page = client.get(location).text
+        if 'data-status="running"' not in page:
+            return page
+        assert time.monotonic() < deadline, "the job did not end"
+        time.sleep(0.1)
+
+
+def test_import_from_the_form_then_verify_update_path_and_reindex(env):
+    env.import_card("first")  # the archive exists
+    client = signed_in_client(env)
+    card = env.tmp / "card2"
+    from test_api import write_card
+
+    write_card(card, shots=2, seed=7)
+    r = client.post("/import", data={"csrf_token": csrf_of(client, "/import"), "source": str(card), "storage_root": str(env.root),
+                                     "description": "from the form", "verify": "paranoid", "mode": "copy"})
+    assert r.status_code == 303 and r.headers["location"].startswith("/jobs/")
+    page = wait_for_job_page(client, r.headers["location"])
+    assert "The source directory is no longer needed." in page
+    sid = re.search(r'href="/sessions/([0-9a-f-]{36})" id="session-link"', page).group(1)
+    assert f"<code>{env.client.get(f'/import-sessions/{sid}/storage-status').json()['storage_id']}</code>" in page
+
+    csrf = csrf_of(client, f"/sessions/{sid}")
+    r = client.post(f"/sessions/{sid}/verify", data={"csrf_token": csrf})
+    assert r.status_code == 200 and "all match their sha256" in r.text
+    r = client.post(f"/sessions/{sid}/update-storage-path", data={"csrf_token": csrf, "new_path": str(env.tmp)})
+    assert r.status_code == 409 and "page-error" in r.text  # not the session's storage: said, nothing changed
+    r = client.post(f"/sessions/{sid}/update-storage-path", data={"csrf_token": csrf, "new_path": str(env.root)})
+    assert r.status_code == 200 and "Storage path updated" in r.text
+
+    r = client.post("/locations/reindex", data={"csrf_token": csrf_of(client, "/locations"), "path": str(env.root)})
+    assert r.status_code == 200 and 'id="reindex-report"' in r.text and "2 sessions on the drive" in r.text
+
+
+def test_a_bad_source_is_refused_in_the_dialog_and_nothing_starts(env):
+    client = signed_in_client(env)
+    csrf = csrf_of(client, "/import")
+    r = client.post("/import", data={"csrf_token": csrf, "source": str(env.tmp / "no-card"), "mode": "copy"})
+    assert r.status_code == 404 and "does not exist" in r.text
+    r = client.post("/import", data={"csrf_token": csrf, "source": "relative/path", "mode": "copy"})
+    assert r.status_code == 400 and "not an absolute path" in r.text
+    assert env.client.get("/imports").json() == []
+
+
+def test_cataloguing_in_place_says_the_source_is_still_needed(env):
+    env.import_card("first")
+    client = signed_in_client(env)
+    from test_api import write_card
+
+    write_card(env.tmp / "shelf", shots=2, seed=9)
+    r = client.post("/import", data={"csrf_token": csrf_of(client, "/import"), "source": str(env.tmp / "shelf"), "mode": "in_place"})
+    assert r.status_code == 200 and "still holds the only copy and is still needed" in r.text
+    assert "no longer needed" not in r.text
+
+
+def test_resume_of_a_failed_session_from_its_page(env):
+    import threading
+
+    from imalinkd.importer import import_source
+    from test_api import write_card
+
+    card = env.tmp / "card"
+    write_card(card, shots=3, big=3)
+    stop = threading.Event()
+    result = import_source(env.config, card, catalog=env.catalog, cancel=stop,
+                           progress=lambda p: stop.set() if p.phase == "file_copying" and p.files_done >= 1 else None)
+    assert result.copy_status == "failed"
+    client = signed_in_client(env)
+    page = client.get(f"/sessions/{result.session_uuid}").text
+    assert 'id="resume-form"' in page
+    r = client.post(f"/sessions/{result.session_uuid}/resume", data={"csrf_token": CSRF_RE.search(page).group(1)})
+    assert r.status_code == 303
+    wait_for_job_page(client, r.headers["location"])
+    assert env.client.get(f"/import-sessions/{result.session_uuid}").json()["copy_status"] == "completed"
