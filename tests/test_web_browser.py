@@ -7,7 +7,7 @@ rolled back, the API docs rendered offline, and not one request leaving loopback
 The browser is the system's chromium (never one downloaded by Playwright). Outside CI the
 test is skipped when chromium or Playwright is missing; under CI=true it fails instead.
 Set SCREENSHOT_DIR=DIR to keep screenshots of the dashboard and a session page
-(docs/img/ holds the ones the README shows)."""
+(docs/screenshots.py makes the ones the README shows)."""
 
 from __future__ import annotations
 
