@@ -79,7 +79,7 @@ from imalinkd.config import parse_config
 d = tempfile.mkdtemp()
 config = parse_config({"catalog": {"url": f"sqlite:///{d}/c.db"}, "storage": {"root": f"{d}/archive"},
                        "daemon": {"state_dir": f"{d}/state"}})
-client = TestClient(create_app(config, Catalog.open(config), token="t" * 32))
+client = TestClient(create_app(config, Catalog.open(config), token="t" * 32), base_url="http://localhost")
 for path in ("/", "/sessions", "/locations", "/signin", "/static/app.js", "/static/app.css", "/docs",
              "/static-offline-docs/swagger-ui-bundle.js", "/redoc", "/static-offline-docs/redoc.standalone.js"):
     r = client.get(path)
