@@ -233,3 +233,31 @@ def test_resume_of_a_failed_session_from_its_page(env):
     assert r.status_code == 303
     wait_for_job_page(client, r.headers["location"])
     assert env.client.get(f"/import-sessions/{result.session_uuid}").json()["copy_status"] == "completed"
+
+
+def test_the_dashboard_lists_cards_waiting_for_an_archive(env):
+    env.hub.set_waiting_source(lambda: [{"kind": "card", "name": "EOS_DIGITAL", "mount_point": "/media/EOS_DIGITAL"}])
+    page = env.client.get("/").text
+    assert "EOS_DIGITAL" in page and "plug in the archive drive" in page
+
+
+def test_a_drive_that_does_not_answer_leaves_the_storage_list_to_the_catalog(env):
+    import threading
+
+    from imalinkd.api.web.locations import BoundedLocations
+
+    env.import_card()
+    hung = threading.Event()
+
+    def scan_that_hangs():
+        hung.wait()  # a look at a mount that does not answer
+        return []
+
+    try:
+        locations = BoundedLocations(scan_that_hangs, env.catalog, wait=0.05)
+        roots, complete = locations.now()
+        assert not complete and [r["path"] for r in roots] == [str(env.root)] and roots[0]["unchecked"]
+        roots, complete = locations.now()  # the same scan is waited for, no second thread
+        assert not complete and sum(t.name == "web storage scan" for t in threading.enumerate()) == 1
+    finally:
+        hung.set()
