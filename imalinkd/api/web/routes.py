@@ -8,12 +8,12 @@ page, the API and the CLI do the same thing.
 
 from __future__ import annotations
 
-from pathlib import Path
+from pathlib import Path as FilePath
 from typing import Annotated, Any
 from urllib.parse import quote
 
 import structlog
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Path, Query, Request
 from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from fastapi.templating import Jinja2Templates
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -26,7 +26,7 @@ from imalinkd.errors import ImalinkError, SessionNotFoundError
 
 log = structlog.get_logger(__name__)
 
-HERE = Path(__file__).parent
+HERE = FilePath(__file__).parent
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; connect-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
 
@@ -124,7 +124,7 @@ def build_router(web: Web) -> APIRouter:
         return web.render(request, "sessions.html", **data, statuses=pages.STATUSES, page_sizes=pages.PAGE_SIZES)
 
     @router.get("/sessions/{ref}", response_class=HTMLResponse)
-    def session_page(request: Request, ref: Annotated[str, "session"], page: Annotated[int, Query(ge=1, le=10**9)] = 1) -> Response:
+    def session_page(request: Request, ref: Annotated[str, Path(min_length=1, max_length=255)], page: Annotated[int, Query(ge=1, le=10**9)] = 1) -> Response:
         if (r := read_page(request)) is not None:
             return r
         return _session_page(request, ref, page)
@@ -132,8 +132,9 @@ def build_router(web: Web) -> APIRouter:
     def _session_page(request: Request, ref: str, page: int = 1, status_code: int = 200, **extra: Any) -> Response:
         try:
             row = pages.load_session(web.catalog, ref)
-        except SessionNotFoundError as e:
-            return web.render(request, "message.html", 404, title="No such session", error=str(e))
+        except ImalinkError as e:  # unknown, or a prefix that names several
+            return web.render(request, "message.html", _status(e) if isinstance(e, SessionNotFoundError) else 400,
+                              title="No such session", error=str(e))
         if ref != row.storage_uuid and status_code == 200 and not extra:
             return RedirectResponse(f"/sessions/{row.storage_uuid}", status_code=303)
         detail = pages.session_detail(web.catalog, web.api, row, page)
