@@ -189,33 +189,36 @@ class CopyStage:
                 sink.open()
             except OSError as e:
                 return self._dest_failure(f, "create", e)
-            try:
-                outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.stop)
-            except durable.SourceIOError as e:
+            got = self._stream(f, fd, st, sink, known_sha)
+            if isinstance(got, NotCopied):
                 sink.discard()
-                return self._source_failure(f, e)
-            except InterruptedError:
-                sink.discard()
-                if self.cancel.is_set():
-                    return NotCopied(f, "interrupted (stop requested)", fatal=True)
-                return NotCopied(f, "not finished: the session stopped on an earlier error", fatal=True, knock_on=True)
-            except OSError as e:
-                sink.discard()
-                return self._dest_failure(f, "write", e)
-            try:
-                after = os.fstat(fd)
-            except OSError as e:
-                sink.discard()
-                return self._source_failure(f, e)
-            if _changed(st, after) or outcome.size != after.st_size:
-                sink.discard()
-                return NotCopied(f, CHANGED_DURING_COPY, fatal=False)
-            if known_sha is not None and known_sha != outcome.sha256:
-                sink.discard()
-                return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
-            return Written(f, sink, outcome, (st.st_atime_ns, st.st_mtime_ns))
+                return got
+            return Written(f, sink, got, (st.st_atime_ns, st.st_mtime_ns))
         finally:
             os.close(fd)
+
+    def _stream(self, f: SourceFile, fd: int, st: os.stat_result, sink: durable.Sink, known_sha: str | None) -> durable.CopyOutcome | NotCopied:
+        """Copy ``fd`` into ``sink``; the bytes count only if the file stayed as it was
+        (size and modification time) from the start of the read to its end."""
+        try:
+            outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.stop)
+        except durable.SourceIOError as e:
+            return self._source_failure(f, e)
+        except InterruptedError:
+            if self.cancel.is_set():
+                return NotCopied(f, "interrupted (stop requested)", fatal=True)
+            return NotCopied(f, "not finished: the session stopped on an earlier error", fatal=True, knock_on=True)
+        except OSError as e:
+            return self._dest_failure(f, "write", e)
+        try:
+            after = os.fstat(fd)
+        except OSError as e:
+            return self._source_failure(f, e)
+        if _changed(st, after) or outcome.size != after.st_size:
+            return NotCopied(f, CHANGED_DURING_COPY, fatal=False)
+        if known_sha is not None and known_sha != outcome.sha256:
+            return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
+        return outcome
 
     def finish_one(self, w: Written) -> Copied | NotCopied:
         """Finisher threads: fsync, verify against a re-read from disk, commit. Runs while
