@@ -40,6 +40,7 @@ class ArchivedCopies:
         self.unchecked: set[str] = set()  # duplicate_of of the duplicates counted unchecked
         self._scan = locate._Scan(config.storage.search_depth)
         self._roots: dict[str, str | None] = {}
+        self._copies: dict[int, list[locate.KnownCopy]] = {}  # session row id -> where it has been seen
 
     def sizes(self, sizes: set[int]) -> set[int]:
         """The sizes among ``sizes`` that some archived file has (only those are hashed)."""
@@ -97,10 +98,12 @@ class ArchivedCopies:
         drive's last scrub did not find it bad, and whether some drive holding the session
         is not plugged in."""
         with self.catalog.session() as s:
-            row = s.get(ImportSession, row_id)
             flagged = set(s.scalars(select(FileCheck.storage_id).where(FileCheck.image_id == image_id, FileCheck.result != "ok")))
+            row = s.get(ImportSession, row_id) if row_id not in self._copies else None
+        if row is not None:
+            self._copies[row_id] = locate.known_copies(self.catalog, row)
         away = False
-        for copy in locate.known_copies(self.catalog, row):
+        for copy in self._copies[row_id]:
             if copy.storage_id in flagged:
                 continue
             root = self._root(copy.storage_id)
