@@ -169,6 +169,7 @@ def _import_result_out(result, as_json: bool) -> int:
         else:
             _say(f"session {result.session_uuid} ({result.storage_directory_name}): {result.copy_status}")
             _say(f"  {result.total_files} files, {human_bytes(result.total_size_bytes)}, {result.photos_created} photos, "
+                 f"{result.other_files} other files, "
                  f"{result.duplicates_skipped} duplicates skipped, {sum(1 for s in result.skipped if not s.duplicate_of)} other entries skipped")
             if result.storage_path:
                 _say(f"  at {result.storage_path}")

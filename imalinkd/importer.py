@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import socket
+import stat
 import threading
 import uuid
 from contextlib import contextmanager
@@ -25,7 +26,7 @@ from typing import Callable, Iterable
 import structlog
 from sqlalchemy import delete, select
 
-from imalinkd import durable, paths, storage
+from imalinkd import durable, paths, samefiles, shots, storage
 from imalinkd.catalog import Catalog, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
 from imalinkd.copier import CopyStage, not_archived_summary
@@ -92,6 +93,7 @@ class ImportResult:
     total_files: int = 0
     total_size_bytes: int = 0
     photos_created: int = 0
+    other_files: int = 0  # archived files that are no photo or video, nor a sidecar of one
     duplicates_skipped: int = 0
     skipped: list[SkippedEntry] = field(default_factory=list)
     new_files: int = 0  # copied by this run (a resume counts only what it copied)
@@ -112,6 +114,7 @@ class ImportResult:
             "total_files": self.total_files,
             "total_size_bytes": self.total_size_bytes,
             "photos_created": self.photos_created,
+            "other_files": self.other_files,
             "duplicates_skipped": self.duplicates_skipped,
             "skipped_count": sum(1 for s in self.skipped if not s.duplicate_of),
             "skipped": [s.as_json() for s in self.skipped if not s.duplicate_of],
@@ -186,6 +189,10 @@ def import_source(
     ``description`` is a template (:mod:`imalinkd.naming`); ``{camera_model}`` and ``{date}``
     (the first capture date) are then read from the metadata of the files being imported.
 
+    Without ``description`` and ``template_values`` (a folder given by hand) the session
+    is named after the source folder. Identical files within the source are copied once;
+    the others are recorded as duplicates of that copy.
+
     Returns the result; ``copy_status`` is ``failed`` when the copy stopped (archive full or
     read-only, card pulled, stop requested): the session is then resumable. When nothing is
     new (everything is already archived) no session is created and ``session_uuid`` is None.
@@ -213,18 +220,21 @@ def _import(config, catalog, source, description, info, storage_root, verify, in
     if progress_cb:
         progress_cb(prog)
     plan, dups = _plan(config, catalog, source, scan.files)
+    sid = str(uuid.uuid4())
     skipped = [SkippedEntry(s.rel, s.reason) for s in scan.skipped] + dups
+    skipped += _store_same_files_once(plan, source, sid)
     for s in scan.skipped:
         log.info("source_entry_skipped", source=source, path=paths.display(s.rel), reason=s.reason)
-    if not plan.to_copy:
+    if not plan.to_copy:  # (identical files of the source keep one of them in to_copy)
         log.info("import_nothing_new", source=source, duplicates=len(plan.duplicates), skipped=len(scan.skipped))
         return _nothing_new(scan, plan, skipped)
     preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free)
+    if description is None and template_values is None:  # a folder given by hand: named after it
+        description = os.path.basename(source.rstrip("/")) or None
     if template_values is not None:
         description = render_description(description, **{**template_values, **describe_files(source, plan.to_copy)})
 
     started = storage.utcnow()
-    sid = str(uuid.uuid4())
     dirname = storage.session_dir_name(started, description, sid)
     session_dir = os.path.join(root, dirname)
     manifest = SessionManifest(
@@ -269,6 +279,33 @@ def _nothing_new(scan: ScanResult, plan: Plan, skipped: list[SkippedEntry]) -> I
                         source_no_longer_needed=not _unchecked(skipped))
 
 
+def _store_same_files_once(plan, source: str, sid: str) -> list[SkippedEntry]:
+    """Identical files within the source are copied once (:mod:`imalinkd.samefiles`): the
+    others leave ``plan.to_copy`` and are recorded as duplicates of the copied one."""
+    same = samefiles.find_same_files(plan.to_copy, _head_source(source), _hash_source(source), plan.known_hashes)
+    plan.to_copy = same.keep
+    plan.known_hashes.update(same.hashes)
+    for s in same.same:
+        log.info("source_file_stored_once", source=source, path=paths.display(s.file.rel), same_as=paths.display(s.kept))
+    return [SkippedEntry(s.file.rel, samefiles.REASON, s.file.size, s.sha256, f"{sid}:files/{paths.display(s.kept)}") for s in same.same]
+
+
+def _head_source(root: str) -> Callable[[SourceFile], bytes | None]:
+    def head(f: SourceFile) -> bytes | None:
+        try:
+            fd = os.open(os.path.join(root, f.rel), os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        except OSError:
+            return None
+        try:
+            return os.read(fd, samefiles.HEAD_BYTES) if stat.S_ISREG(os.fstat(fd).st_mode) else None
+        except OSError:
+            return None
+        finally:
+            os.close(fd)
+
+    return head
+
+
 def _add_session_row(catalog, sid, session_dir, dirname, marker, description, started, source, info, verify, plan, scan,
                      skipped) -> int:
     """The new session's catalog row and its skipped entries; returns the row's id."""
@@ -277,7 +314,7 @@ def _add_session_row(catalog, sid, session_dir, dirname, marker, description, st
             storage_uuid=sid, storage_id=marker.storage_id, storage_directory_name=dirname, description=description,
             created_at=started, copy_status="in_progress", copy_started_at=started, original_source_path=source,
             source_kind=info.kind, source_label=info.label, source_fs_uuid=info.fs_uuid, source_device=info.device,
-            verification=verify, copy_files=True, duplicates_skipped=len(plan.duplicates),
+            verification=verify, copy_files=True, duplicates_skipped=sum(1 for e in skipped if e.duplicate_of),
             skipped_count=len(scan.skipped), planned_files=len(plan.to_copy), planned_bytes=plan.planned_bytes,
             importer_host=socket.gethostname(), importer_pid=os.getpid(),
         )
@@ -312,6 +349,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         now = storage.utcnow()
         manifest.copy_status = status
         manifest.photos_created = photos
+        manifest.other_files = shots.count_shots(e.files_relative for e in manifest.file_manifest)[1]
         manifest.error = run.fatal
         if status == "completed":
             manifest.copy_completed_at = storage.iso(now)
@@ -331,6 +369,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
                 row.copy_completed_at = now
             row.importer_pid = None
             result = _result_of(row, session_dir, manifest.skipped, run.copied_now)
+            result.other_files = manifest.other_files
     finally:
         lock.release(remove=status == "completed")
     prog.source_no_longer_needed = status == "completed" and not _unchecked(manifest.skipped)

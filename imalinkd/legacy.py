@@ -205,9 +205,9 @@ def import_in_place(config, catalog: Catalog, source: str, description: str | No
         copy_started_at=storage.iso(now), copy_completed_at=storage.iso(storage.utcnow()), copy_files=False,
         file_manifest=entries, skipped=skipped,
     )
-    from imalinkd.reindex import shot_key
+    from imalinkd.shots import count_shots
 
-    m.photos_created = len({shot_key(e.files_relative) for e in entries})
+    m.photos_created, m.other_files = count_shots(e.files_relative for e in entries)
     sdir = os.path.join(root, name)
     os.mkdir(sdir)
     mf.write_manifest(sdir, m)

@@ -110,6 +110,7 @@ class SessionManifest:
     verification: str = "sha256"
     copy_files: bool = True
     photos_created: int = 0
+    other_files: int = 0  # files archived that belong to no shot (not photos or videos)
     file_manifest: list[FileEntry] = field(default_factory=list)
     skipped: list[SkippedEntry] = field(default_factory=list)
     error: str | None = None
@@ -147,6 +148,7 @@ class SessionManifest:
             total_files=self.total_files,
             total_size_bytes=self.total_size_bytes,
             photos_created=self.photos_created,
+            other_files=self.other_files,
             duplicates_skipped=self.duplicates_skipped,
             skipped_count=len(self.skipped) - self.duplicates_skipped,
             error=self.error,
@@ -371,6 +373,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
         verification=str(data.get("verification") or "sha256"),
         copy_files=bool(data.get("copy_files", True)),
         photos_created=data.get("photos_created") if drivefile.in_int_range(data.get("photos_created")) else 0,
+        other_files=data.get("other_files") if drivefile.in_int_range(data.get("other_files")) else 0,
         file_manifest=entries,
         skipped=skipped,
         error=data.get("error") if isinstance(data.get("error"), str) else None,

@@ -57,7 +57,7 @@ EXIV2_LOCK = threading.Lock()
 logging.getLogger("exifread").setLevel(logging.ERROR)  # "Possibly corrupted field …" noise
 
 RAW_EXTENSIONS = frozenset(
-    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .pef .raf .srw .x3f .mrw .iiq"
+    ".dng .cr2 .cr3 .crw .nef .nrw .arw .srf .sr2 .orf .rw2 .pef .raf .srw .x3f .mrw .iiq .gpr"
     .split()
 )
 _KIND_BY_EXTENSION: dict[str, str] = {
@@ -66,8 +66,10 @@ _KIND_BY_EXTENSION: dict[str, str] = {
     ".heic": "heic", ".heif": "heic", ".hif": "heic",
     ".tif": "tiff", ".tiff": "tiff",
     ".mp4": "video", ".mov": "video", ".m4v": "video", ".mts": "video", ".m2ts": "video",
-    ".avi": "video", ".3gp": "video",
-    ".xmp": "sidecar", ".thm": "sidecar",
+    ".avi": "video", ".3gp": "video", ".mxf": "video", ".braw": "video", ".r3d": "video", ".crm": "video",
+    ".insv": "video", ".360": "video", ".mod": "video", ".tod": "video",
+    ".png": "image", ".webp": "image", ".gif": "image",
+    ".xmp": "sidecar", ".thm": "sidecar", ".lrv": "sidecar", ".lrf": "sidecar", ".srt": "sidecar",
 }
 
 # The keys of a manifest entry's ``media`` object, in manifest order (DESIGN §6).
@@ -80,8 +82,9 @@ MANIFEST_KEYS = (
 def kind_of(path: str | os.PathLike) -> str:
     """Classify a file by its extension, ignoring case (card file systems are FAT).
 
-    One of ``raw``, ``jpeg``, ``heic``, ``tiff``, ``video``, ``sidecar`` (``.xmp``,
-    ``.thm``) or ``other``. The content is not looked at.
+    One of ``raw``, ``jpeg``, ``heic``, ``tiff``, ``video``, ``image`` (PNG, WebP, GIF),
+    ``sidecar`` (``.xmp``, ``.thm``, GoPro ``.lrv``, DJI ``.lrf`` and ``.srt``) or
+    ``other``. The content is not looked at.
     """
     return _KIND_BY_EXTENSION.get(Path(path).suffix.lower(), "other")
 

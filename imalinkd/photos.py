@@ -14,6 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from sqlalchemy import select
 
+from imalinkd import shots
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, media_json
 from imalinkd.media import extract_media, kind_of
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
@@ -131,15 +132,28 @@ def _extract_media(path: str) -> tuple[dict | None, str | None]:
 
 
 def build_photos(catalog: Catalog, row_id: int) -> int:
-    """(Re)build the session's Photo rows from its Images: one per directory + stem.
-    Returns the number of Photos. Capture time and camera come from the best member."""
+    """(Re)build the session's Photo rows from its Images: one per shot (directory + stem,
+    and the layout rules of :mod:`imalinkd.shots`). A group without a photo or video in it
+    (camera database files, ``MISC/``, text) is no Photo: its Images stay without one and
+    are counted apart. Returns the number of Photos. Capture time and camera come from
+    the best member."""
     with catalog.session() as s:
         images = list(s.scalars(select(Image).where(Image.session_id == row_id)))
         existing = {p.key: p for p in s.scalars(select(Photo).where(Photo.session_id == row_id))}
         groups: dict[str, list[Image]] = {}
         for img in images:
             groups.setdefault(photo_key(img.storage_relative_path), []).append(img)
+        shot_groups = {}
         for key, members in groups.items():
+            if shots.is_shot(m.storage_relative_path for m in members):
+                shot_groups[key] = members
+                continue
+            for m in members:
+                m.photo = None
+            stale = existing.pop(key, None)
+            if stale is not None:
+                s.delete(stale)
+        for key, members in shot_groups.items():
             photo = existing.get(key)
             if photo is None:
                 photo = Photo(session_id=row_id, key=key)
@@ -163,8 +177,8 @@ def build_photos(catalog: Catalog, row_id: int) -> int:
             for m in members:
                 m.photo = photo
         row = s.get(ImportSession, row_id)
-        row.photos_created = len(groups)
-        return len(groups)
+        row.photos_created = len(shot_groups)
+        return len(shot_groups)
 
 
 def make_thumbnails(catalog: Catalog, row_id: int, session_dir: str, size: int, pool: ThreadPoolExecutor | None = None,

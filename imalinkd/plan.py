@@ -5,43 +5,21 @@ Pure functions over plain values; the catalog look-ups are passed in as callable
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
+from imalinkd import shots
 from imalinkd.scan import SourceFile
 
-SIDECAR_EXTENSIONS = {".xmp", ".thm", ".pp3", ".dop", ".aae"}
+SIDECAR_EXTENSIONS = shots.SIDECAR_EXTENSIONS
 
 
 def photo_key(rel: str) -> str:
-    """Files of one shot share a directory and a stem: ``DCIM/100/IMG_1.CR3``,
-    ``IMG_1.JPG`` and ``IMG_1.XMP`` (or ``IMG_1.CR3.xmp``) are one Photo. Stems compare
-    case-insensitively, as on the FAT cards they come from.
-
-    Directories and extensions as ``os.path`` sees them (a name's leading dots are not an
-    extension). A reindex computes this for every file of an archive, hence ``rpartition``
-    rather than ``os.path`` for the usual path, with no empty component."""
-    if "//" in rel or rel.startswith("/") or rel.endswith("/"):
-        directory, name = os.path.split(rel)
-        split = os.path.splitext
-    else:
-        directory, _, name = rel.rpartition("/")
-        split = _splitext
-    stem, ext = split(name)
-    if ext.lower() in SIDECAR_EXTENSIONS:
-        inner_stem, inner_ext = split(stem)
-        if inner_ext:
-            stem = inner_stem
-    return f"{directory}/{stem.lower()}" if directory else stem.lower()
-
-
-def _splitext(name: str) -> tuple[str, str]:
-    """``os.path.splitext`` of a name without slashes."""
-    i = name.rfind(".")
-    if i > 0 and name[:i].lstrip("."):
-        return name[:i], name[i:]
-    return name, ""
+    """The Photo (shot) a file belongs to: :func:`imalinkd.shots.shot_key`. Files of one
+    shot share a directory and a stem (``DCIM/100/IMG_1.CR3``, ``IMG_1.JPG`` and
+    ``IMG_1.XMP`` or ``IMG_1.CR3.xmp``), stems compared without case, as on the FAT cards
+    they come from; video cameras' layouts have their own rules there."""
+    return shots.shot_key(rel)
 
 
 def group_photos(rels: Iterable[str]) -> dict[str, list[str]]:

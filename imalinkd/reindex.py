@@ -43,6 +43,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, 
 from imalinkd.catalog.bulk import RowWriter, fetch_tuples, fsdecoder, indexes_rebuilt_after, is_pysqlite, iso_column
 from imalinkd.errors import StorageError
 from imalinkd.locate import discover_roots, root_health
+from imalinkd import shots
 from imalinkd.plan import photo_key
 from imalinkd.reading import (DriveSession, DriveState, KnownManifest, ManifestSignature, Progress, ReindexProgress, gc_paused,
                               read_drive_slices, read_session_dir)
@@ -252,7 +253,16 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
             members.append([e])
         else:
             members[i].append(e)
-    photos = [_photo_row(group, key) for key, group in zip(index, members)]
+    # a group with no photo or video in it is no Photo (imalinkd.shots): its files have none
+    shot_index: dict[str, int | None] = {}
+    photos = []
+    for key, group in zip(index, members):
+        if shots.is_shot(e.files_relative for e in group):
+            shot_index[key] = len(photos)
+            photos.append(_photo_row(group, key))
+        else:
+            shot_index[key] = None
+    index = shot_index
     on_disk_get = ds.on_disk.get
     compare = bool(m.copy_files)  # a legacy session's files are not on the drive: nothing to compare
     images = [(index[key], e.storage_path[6:], e.original_path, e.file_size, e.sha256, e.mtime, e.copied_at,

@@ -268,8 +268,8 @@ def _jpeg_size(data: bytes | mmap.mmap, at: int) -> tuple[int, int] | None:
 
 # --- choosing members of a Photo -----------------------------------------------------------
 
-_THUMBNAIL_PREFERENCE = ("jpeg", "raw", "tiff", "heic")
-_METADATA_PREFERENCE = ("raw", "jpeg", "heic", "tiff", "video", "other", "sidecar")
+_THUMBNAIL_PREFERENCE = ("jpeg", "raw", "tiff", "heic", "image")
+_METADATA_PREFERENCE = ("raw", "jpeg", "heic", "tiff", "video", "image", "other", "sidecar")
 
 
 def pick_thumbnail_source(members: Iterable[str | os.PathLike]) -> Path | None:

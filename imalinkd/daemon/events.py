@@ -35,7 +35,8 @@ class MountGone:
 @dataclass(frozen=True)
 class MountExamined:
     """What a new mount holds, found off the main thread (a hung FUSE filesystem must not
-    stall the daemon): the filesystem's identity, whether DCIM/ exists, storage roots."""
+    stall the daemon): the filesystem's identity, whether it has a camera
+    layout (``has_dcim``: DCIM/ or another, imalinkd.cardlayout), storage roots."""
 
     mount: MountAppeared
     fs_uuid: str | None

@@ -56,11 +56,11 @@ def _check_headroom(when: str) -> None:
 
 def examine(event: MountAppeared, depth: int, *, blkid_timeout: float = BLKID_TIMEOUT_SECONDS,
             allow_fuse: bool = False) -> MountExamined:
-    """One look at a new mount: identity, DCIM/, storage roots. Raises ExaminationFailed."""
+    """One look at a new mount: identity, camera layout, storage roots. Raises ExaminationFailed."""
     mp = Path(event.mount_point)
     _check_headroom("before")
     fs_uuid, label, fstype = identify.probe_filesystem(event.mount_source, timeout=blkid_timeout)
-    dcim = identify.has_dcim(mp)
+    dcim = identify.is_camera_card(mp)
     roots = identify.find_storage_roots(mp, depth, allow_fuse)
     _check_headroom("after")
     return MountExamined(mount=event, fs_uuid=fs_uuid, label=label, fstype=fstype, has_dcim=dcim, storage_roots=roots)

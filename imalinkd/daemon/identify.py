@@ -1,4 +1,5 @@
-"""Looking at a mounted filesystem: who it is (blkid) and what it holds (DCIM, a marker).
+"""Looking at a mounted filesystem: who it is (blkid) and what it holds (a camera layout,
+a marker).
 
 These functions read the OS and decide nothing; ``policy`` turns their answers into
 decisions. ``blkid`` is used rather than udev's database because it works without udev and
@@ -17,7 +18,7 @@ from pathlib import Path
 
 import structlog
 
-from imalinkd import storage, trust
+from imalinkd import cardlayout, storage, trust
 
 log = structlog.get_logger()
 
@@ -105,8 +106,12 @@ def has_dcim(mount_point: Path) -> bool:
 
 
 def is_camera_card(mount_point: Path) -> bool:
-    """A camera card is a filesystem with DCIM/ at its root (the DCF standard)."""
-    return has_dcim(mount_point)
+    """A camera card is a filesystem with a camera's layout: DCIM/ at its root (the DCF
+    standard), a video camera's tree (Sony, AVCHD, Panasonic, Canon XF, XDCAM), or camera
+    media files at its top (:mod:`imalinkd.cardlayout`, docs/media.md). Raises
+    ExaminationFailed as ``has_dcim`` does when the top directory cannot be read for a
+    passing reason."""
+    return has_dcim(mount_point) or cardlayout.camera_layout(mount_point) is not None
 
 
 def find_storage_roots(mount_point: Path, depth: int, allow_fuse: bool = False) -> tuple[Path, ...]:

@@ -1,7 +1,7 @@
 """Pure decisions: which card rule applies, what a mount is, what a card job is called.
 
-Nothing here touches the OS. The service gathers facts (blkid identity, whether DCIM/
-exists, which storage roots a mount holds) and these functions turn them into decisions,
+Nothing here touches the OS. The service gathers facts (blkid identity, whether it has a
+camera layout, which storage roots a mount holds) and these functions turn them into decisions,
 so every rule is tested with plain values.
 """
 
@@ -30,14 +30,17 @@ def _glob(pattern: str, value: str, *, casefold: bool) -> bool:
 
 def has_matcher(rule: CardPolicy) -> bool:
     """Whether a rule names the cards it is for (label, uuid or path); a rule without
-    any is a catch-all for camera (DCIM) cards."""
+    any is a catch-all for camera cards.
+
+    ``has_dcim`` here and below: the mount has a camera layout (``DCIM/`` or another one of
+    :mod:`imalinkd.cardlayout`), as ``identify.is_camera_card`` says."""
     return bool(rule.label or rule.uuid or rule.path)
 
 
 def rule_matches(rule: CardPolicy, identity: CardIdentity, mount_point: Path, has_dcim: bool) -> bool:
     """One rule against one mount. Every field the rule sets must match: ``label`` is a
     case-insensitive glob, ``uuid`` exact (case-insensitive hex), ``path`` a glob on the
-    mount point. A rule that sets none of them matches any mount with DCIM/."""
+    mount point. A rule that sets none of them matches any camera card."""
     if not has_matcher(rule):
         return has_dcim
     if rule.label and not _glob(rule.label, identity.label or "", casefold=True):
@@ -55,8 +58,8 @@ def match_card_policy(
     """The policy for a mount, or None when it is not a card to import.
 
     First matching rule wins. A matching rule with ``enabled = false`` means "ignore this
-    card" (None). A camera card (DCIM/) that no rule matches gets the default policy, whose
-    description is ``"{label}"``; a mount without DCIM/ is a card only if a rule names it.
+    card" (None). A camera card (any camera layout) that no rule matches gets the default policy, whose
+    description is ``"{label}"``; a mount without one is a card only if a rule names it.
     """
     for rule in cards:
         if rule_matches(rule, identity, mount_point, has_dcim):

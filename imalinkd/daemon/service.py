@@ -3,7 +3,7 @@
 Shape (DESIGN §4, STYLE 3): the sources (mount table, udev, drop folders, signals) put
 immutable events on one queue; the main thread is the only consumer and the only owner of
 the daemon's state (known mounts, running and waiting jobs). It gathers facts about a new
-mount (blkid, DCIM/, storage markers), hands them to the pure functions in ``policy``, and
+mount (blkid, its camera layout, storage markers), hands them to the pure functions in ``policy``, and
 starts jobs. A job is a thread running one import inside an error boundary; when it ends it
 reports a JobFinished event, so all bookkeeping still happens on the main thread.
 
@@ -743,7 +743,9 @@ class Daemon:
         if outcome == "failed" and job.cancel.is_set():
             outcome = "cancelled"
         session = getattr(result, "session_uuid", None)
-        duplicates = [s.duplicate_of for s in getattr(result, "skipped", []) if getattr(s, "duplicate_of", None)]
+        # files identical to another of the same card point into this very session: not "imported before"
+        duplicates = [s.duplicate_of for s in getattr(result, "skipped", [])
+                      if getattr(s, "duplicate_of", None) and not (session and s.duplicate_of.startswith(session))]
         summary = import_summary(card.identity.name, duplicates, getattr(result, "new_files", 0) or 0)
         if duplicates:
             self.state.last_note = summary
