@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from imalinkd import __version__, cli_archive
+from imalinkd import __version__, cli_archive, cli_camera
 from imalinkd.errors import ImalinkError, UsageError, human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -94,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add("check-config", "validate the config and print the settings in effect", js)
     cli_archive.add_commands(add, js)
+    cli_camera.add_commands(add, js)
     return p
 
 
@@ -457,6 +458,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "scan-locations": cmd_scan_locations, "update-storage-path": cmd_update_storage_path, "adopt": cmd_adopt,
     "check-config": cmd_check_config,
     **cli_archive.COMMANDS,
+    **cli_camera.COMMANDS,
 }
 
 

@@ -106,6 +106,18 @@ class ScrubConfig:
 
 
 @dataclass(frozen=True)
+class CamerasConfig:
+    """``[cameras]``: cameras and phones on a USB cable (PTP/MTP) through libgphoto2."""
+
+    enabled: bool = True  # the daemon watches for cameras (needs the gphoto2 command)
+    poll_seconds: float = 5.0  # how often ``gphoto2 --auto-detect`` is asked (udev events ask at once)
+    gphoto2: str = "gphoto2"  # the command
+    staging_dir: Path | None = None  # where a camera's files wait for the import; default <state_dir>/cameras
+    ports: tuple[str, ...] = ()  # MODEL@PORT tried besides auto-detect, e.g. "Directory Browse@disk:/srv/phone"
+    description: str = "{label}"  # session description template; {label} is the camera's model
+
+
+@dataclass(frozen=True)
 class CardPolicy:
     """A ``[[card]]`` rule. Match fields left empty match anything."""
 
@@ -138,6 +150,7 @@ class Config:
     api: ApiConfig = field(default_factory=ApiConfig)
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
+    cameras: CamerasConfig = field(default_factory=CamerasConfig)
     cards: tuple[CardPolicy, ...] = ()
     drop_folders: tuple[DropFolderPolicy, ...] = ()
     source: str = "embedded defaults"  # where this config came from, for messages
@@ -208,7 +221,7 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
     """Turn parsed TOML into a Config. Relative paths are taken relative to ``base``."""
     reader = _Reader(source, base or Path.cwd())
-    known = {"catalog", "storage", "import", "api", "daemon", "scrub", "card", "drop_folder"}
+    known = {"catalog", "storage", "import", "api", "daemon", "scrub", "cameras", "card", "drop_folder"}
     reader.reject_unknown(data, known, "")
     daemon = reader.section(data, "daemon", DaemonConfig)
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -245,6 +258,13 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         except ValueError as e:
             reader.fail("api.listen", str(e))
     _check_api_limits(reader, api)
+    cameras = reader.section(data, "cameras", CamerasConfig)
+    if cameras.poll_seconds <= 0:
+        reader.fail("cameras.poll_seconds", "must be more than 0")
+    for i, spec in enumerate(cameras.ports):
+        model, sep, port = spec.rpartition("@")
+        if not (sep and model and port):
+            reader.fail(f"cameras.ports[{i}]", f"{spec!r} is not MODEL@PORT (e.g. \"Directory Browse@disk:/srv/phone\")")
     cards = []
     for i, raw in enumerate(reader.array(data, "card")):
         card = reader.build(raw, CardPolicy, f"card[{i}]")
@@ -268,6 +288,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         api=api,
         daemon=daemon,
         scrub=_scrub_section(reader, data),
+        cameras=cameras,
         cards=tuple(cards),
         drop_folders=tuple(drops),
         source=source,

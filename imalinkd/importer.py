@@ -75,7 +75,7 @@ log = structlog.get_logger()
 
 @dataclass(frozen=True)
 class SourceInfo:
-    kind: str = "manual"  # card | drop_folder | manual
+    kind: str = "manual"  # card | camera | drop_folder | manual
     label: str | None = None
     fs_uuid: str | None = None
     device: str | None = None

@@ -117,3 +117,19 @@ Event = (
     | StopRequested
     | JobFinished
 )
+
+
+@dataclass(frozen=True)
+class CameraAppeared:
+    """libgphoto2 sees a camera (PTP/MTP on USB, or a ``[cameras] ports`` entry)."""
+
+    model: str
+    port: str
+
+
+@dataclass(frozen=True)
+class CameraGone:
+    """A camera seen before is no longer there (unplugged, switched off)."""
+
+    model: str
+    port: str

@@ -1,6 +1,6 @@
 """``imalinkd run``: event sources, one consumer, one thread per import job.
 
-Shape (DESIGN §4, STYLE 3): the sources (mount table, udev, drop folders, signals) put
+Shape (DESIGN §4, STYLE 3): the sources (mount table, udev, drop folders, cameras, signals) put
 immutable events on one queue; the main thread is the only consumer and the only owner of
 the daemon's state (known mounts, running and waiting jobs). It gathers facts about a new
 mount (blkid, its camera layout, storage markers), hands them to the pure functions in ``policy``, and
@@ -47,6 +47,8 @@ from imalinkd.daemon.dropfolder import DropFolderSource
 from imalinkd.daemon.examine import examine_until_done
 from imalinkd.daemon.events import (
     BlockDeviceAdded,
+    CameraAppeared,
+    CameraGone,
     BlockDeviceRemoved,
     DropBatchSettled,
     DropFileSettled,
@@ -182,7 +184,7 @@ class ImportGate:
 class Job:
     key: str
     name: str
-    kind: str  # card | drop_folder | reindex
+    kind: str  # card | camera | drop_folder | reindex
     cancel: threading.Event
     thread: threading.Thread | None = None
     preempt: threading.Event = field(default_factory=threading.Event)  # a drive job: an import waits for it
@@ -190,6 +192,7 @@ class Job:
     mount_point: Path | None = None
     card: CardJob | None = None
     batch: DropBatchSettled | None = None
+    camera: CameraAppeared | None = None
     created: float = field(default_factory=time.monotonic)  # for the event-to-session latency
 
 
@@ -235,6 +238,8 @@ class Daemon:
         self.mount_source: MountTableSource | None = None
         self.drop_source: DropFolderSource | None = None
         self.udev_source: Any = None
+        self.camera_source: Any = None
+        self.cameras: Any = None  # daemon.camera.CameraJobs, once the camera source runs
         self._last_status = ""
         self._status_lock = threading.Lock()
         self._storage_lock = threading.Lock()
@@ -343,6 +348,22 @@ class Daemon:
         else:
             log.info("udev_unavailable", message="udev not available; watching the mount table only")
         self._start_drop_source()
+        self._start_camera_source()
+
+    def _start_camera_source(self) -> None:
+        from imalinkd.daemon import camera
+
+        if self.cameras is None:
+            self.cameras = camera.CameraJobs(self)
+        if not self.config.cameras.enabled:
+            return
+        if shutil.which(self.config.cameras.gphoto2) is None:
+            log.info("cameras_unavailable", message=f"no '{self.config.cameras.gphoto2}' command: cameras on USB are not watched")
+            return
+        from imalinkd.camera_import import detect_cameras
+
+        self.camera_source = camera.CameraWatcher(self.events, self.config, lambda: detect_cameras(self.config))
+        self.camera_source.start()
 
     def _start_drop_source(self) -> None:
         folders = [(p.path, policy.settle_seconds(self.config, p)) for p in self.config.drop_folders]
@@ -377,7 +398,7 @@ class Daemon:
         for job in self.state.jobs.values():
             job.cancel.set()
         self.gate.wake()
-        for source in (self.mount_source, self.udev_source, self.drop_source):
+        for source in (self.mount_source, self.udev_source, self.drop_source, self.camera_source):
             if source is not None:
                 try:
                     source.stop()
@@ -443,6 +464,10 @@ class Daemon:
             self.on_drop_batch(DropBatchSettled(event.folder, (event.path,)))
         elif isinstance(event, JobFinished):
             self.on_job_finished(event)
+        elif isinstance(event, CameraAppeared):
+            self.cameras.on_appeared(event)
+        elif isinstance(event, CameraGone):
+            self.cameras.on_gone(event)
         elif isinstance(event, ReloadRequested):
             self.on_reload()
 
@@ -592,6 +617,8 @@ class Daemon:
             record = self.state.mounts.get(job.mount_point)
             if record is not None:  # still plugged in: scrub a slice of it now that the catalog knows it
                 self.scrubs.drive_indexed(record.storage_roots)
+        if job.kind == "camera":
+            self.cameras.on_finished(job, event.outcome)
         if job.kind == "card" and job.card is not None:
             card = job.card
             if event.outcome == "waiting_for_storage" and not self.stopping.is_set():
@@ -629,6 +656,11 @@ class Daemon:
                 self.drop_source.stop()
                 self.drop_source = None
             self._start_drop_source()
+        if new.cameras != old.cameras:
+            if self.camera_source is not None:
+                self.camera_source.stop()
+                self.camera_source = None
+            self._start_camera_source()
         self.notifier.notify("READY=1")
         self._retry_waiting("config_reloaded")
 
@@ -661,6 +693,8 @@ class Daemon:
         self._start_job(job, lambda j: self._run_card_job(j, card, self.config))
 
     def _retry_waiting(self, why: str) -> None:
+        if self.cameras is not None:
+            self.cameras.retry()
         for key, batch in list(self.state.waiting_drops.items()):
             if key not in self.state.jobs:
                 del self.state.waiting_drops[key]
