@@ -38,7 +38,6 @@ from imalinkd.errors import SourceError
 log = structlog.get_logger()
 
 CHUNK = 1 << 20
-PART_PREFIX = durable.TEMP_PREFIX  # a staged file in flight; never imported
 _SERIAL = re.compile(r"^\s*Serial\s*Number\s*:\s*(\S.*?)\s*$", re.IGNORECASE | re.MULTILINE)
 _FOLDER = re.compile(r"^There (?:is|are) (?:no|\d+) files? in folder '(.*)'\.?\s*$")
 _FILE = re.compile(r"^#(\d+)\s+(.+?)\s+[rwd-]+\s+\d+ KB\s+\S+(?:\s+(\d+))?\s*$")
@@ -233,37 +232,36 @@ class Staging:
 
     def fetch(self, gp: Gphoto2, camera: Camera, f: CameraFile, cancel: threading.Event, on_bytes: Callable[[int], None]) -> str:
         """Read ``f`` from the camera once, hashing it, into its staged place; returns its
-        sha256. Committed (fsync, rename, journal) only when whole and of the listed size."""
+        sha256. Committed (``durable.Sink``: fsync, rename, fsync of the directory) and then
+        journalled only when whole and of the listed size."""
         target = self.dir / f.rel
-        target.parent.mkdir(parents=True, exist_ok=True)
-        part = target.parent / f"{PART_PREFIX}{f.name}"
+        if not target.resolve().is_relative_to(self.dir.resolve()):
+            raise CameraError(camera=camera.name, message=f"refusing a file name that leads out of its folder: {f.rel!r}")
+        target.unlink(missing_ok=True)  # staged whole by a run killed before its journal line
+        sink = durable.Sink(str(target))
         proc = gp.open_file(camera, f)
         h, size = hashlib.sha256(), 0
         try:
-            with open(part, "wb") as out:
-                while True:
-                    if cancel.is_set():
-                        raise InterruptedError("stop requested")
-                    block = proc.stdout.read1(CHUNK)
-                    if not block:
-                        break
-                    h.update(block)
-                    out.write(block)
-                    size += len(block)
-                    on_bytes(len(block))
-                out.flush()
-                os.fsync(out.fileno())
+            sink.open()
+            while True:
+                if cancel.is_set():
+                    raise InterruptedError("stop requested")
+                block = proc.stdout.read1(CHUNK)
+                if not block:
+                    break
+                h.update(block)
+                sink.write(memoryview(block))
+                size += len(block)
+                on_bytes(len(block))
             err = proc.stderr.read().decode("utf-8", "replace")
             if proc.wait() != 0 or size != f.size:
                 reason = _last_error(err) or f"{size} bytes read, the camera lists {f.size}"
-                raise CameraError(camera=camera.name, message=f"reading {f.rel} failed: {reason}; plug the camera in again to resume")
-            if f.mtime:
-                os.utime(part, (f.mtime, f.mtime))
-            os.replace(part, target)
-            durable.fsync_dir(target.parent)
+                raise CameraError(camera=camera.name, message=f"reading {f.rel} failed: {reason}; connect the camera again to resume")
+            sink.finish((f.mtime * 10**9, f.mtime * 10**9) if f.mtime else None)
+            sink.commit()
         except BaseException:
             _kill(proc)
-            part.unlink(missing_ok=True)
+            sink.discard()
             raise
         finally:
             proc.stdout.close()

@@ -50,8 +50,8 @@ def import_camera(config: Config, camera: Camera, *, gphoto2: Gphoto2 | None = N
                                 message=f"stopped while reading {camera.name}; the files read so far are kept: "
                                         "connect it again (or run import-camera again) to go on")
         if not staged:
-            return ImportResult(None, None, None, "completed",
-                                message=f"nothing new on {camera.name}: {len(listed)} file(s), all archived from it before")
+            said = f"{len(listed)} file(s), all archived from it before" if listed else "it lists no files"
+            return ImportResult(None, None, None, "completed", message=f"nothing new on {camera.name}: {said}")
         result = _import_staged(config, catalog, camera, staging, description, cancel, progress, storage_root)
         if result.copy_status == "completed":
             problems = compare_with_camera(result, staged)

@@ -1,6 +1,6 @@
 """Cameras on a USB cable as an event source, and the camera import job.
 
-``CameraWatcher`` asks ``gphoto2 --auto-detect`` (and tries the ``[cameras] ports``) at
+``CameraSource`` asks ``gphoto2 --auto-detect`` (and tries the ``[cameras] ports``) at
 start and whenever udev reports a USB device coming or going; where udev does not run, or
 when ``[cameras] ports`` are set (a folder seen as a camera makes no USB event), it also asks
 every ``[cameras] poll_seconds``. It reports each camera that appears or goes as an event. What a camera
@@ -29,7 +29,7 @@ def changes(before: set[tuple[str, str]], now: set[tuple[str, str]]) -> list[obj
     return gone + [CameraAppeared(m, p) for m, p in sorted(now - before)]
 
 
-class CameraWatcher:
+class CameraSource:
     """Polls for cameras; puts CameraAppeared/CameraGone on ``events``."""
 
     def __init__(self, events: Any, config: Config, detect: Callable[[], list[Camera]]) -> None:

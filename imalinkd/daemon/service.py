@@ -362,7 +362,7 @@ class Daemon:
             return
         from imalinkd.camera_import import detect_cameras
 
-        self.camera_source = camera.CameraWatcher(self.events, self.config, lambda: detect_cameras(self.config))
+        self.camera_source = camera.CameraSource(self.events, self.config, lambda: detect_cameras(self.config))
         self.camera_source.start()
 
     def _start_drop_source(self) -> None:
