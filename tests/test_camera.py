@@ -243,8 +243,8 @@ def test_camera_session_interrupted_while_archiving_is_resumed(tmp_path, camera_
     cam = Camera(BROWSE, f"disk:{tmp_path / 'camera'}")
     cancel = threading.Event()
 
-    def progress(p):
-        if p.phase == "file_copying" and p.files_done >= 1:
+    def progress(p):  # stopped as the copy into the archive starts: the session exists, unfinished
+        if p.phase == "file_copying":
             cancel.set()
 
     first = import_camera(cfg, cam, cancel=cancel, progress=progress)
