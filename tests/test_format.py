@@ -39,7 +39,7 @@ def test_each_file_names_the_thumbnail_of_its_shot_and_a_rebuilt_catalog_has_the
     exif = make_exif(model="X100V")
     write_jpeg(card / "IMG_0001.JPG", exif=exif)
     write_fake_raw(card / "IMG_0001.CR2", exif=exif)
-    write_fake_raw(card / "IMG_0002.CR2", exif=exif)
+    write_fake_raw(card / "IMG_0002.CR2", exif=make_exif(model="X100F"))  # another shot: not the same bytes
     result = import_source(config(tmp_path, thumbnails=True, thumbnail_size=64), tmp_path / "card")
     session = Path(result.storage_path)
     entries = {e["storage_path"]: e.get("thumbnail") for e in json.loads((session / "metadata.json").read_text())["file_manifest"]}
