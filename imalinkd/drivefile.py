@@ -3,10 +3,10 @@ never reading more than its kind of file can hold, never decoding JSON without b
 
 A drive can hold a FIFO, a device node or a socket under any name (``metadata.json``,
 ``config.json``). Opening a FIFO for reading blocks until a writer comes, which on a drive
-nobody writes is forever; reading a device node reads the device. So every file read from
-a drive is opened with ``O_NONBLOCK`` (a FIFO opens at once then) and ``O_NOFOLLOW``, and
-``fstat`` decides before a byte is read: a regular file of at most the size allowed, else
-:class:`UnsafeFileError` naming what it is. Its ``strerror`` is the reason, so callers that
+nobody writes is forever; opening a device node calls its driver. So every file read from
+a drive is looked at (``O_PATH``, ``O_NOFOLLOW``, ``fstat``) before it is opened for
+reading, or opened with ``O_NONBLOCK`` where ``/proc`` is missing: only a regular file of
+at most the size allowed is read, else :class:`UnsafeFileError` names what it is. Its ``strerror`` is the reason, so callers that
 report ``OSError.strerror`` name it as they would any other read error.
 
 JSON from a drive is decoded by :func:`load_json`: orjson first (fast, and it stops at
@@ -43,23 +43,40 @@ def _kind(mode: int) -> str:
 
 
 def open_regular(path: str | os.PathLike[str], max_bytes: int | None = None) -> tuple[int, os.stat_result]:
-    """Open ``path`` for reading without blocking and without following a symlink; return
-    the descriptor (blocking again, for the reads) and its ``fstat``. Raises OSError as
-    ``os.open`` does, and UnsafeFileError (nothing read, nothing left open) when it is not
-    a regular file or is larger than ``max_bytes``."""
-    fd = os.open(path, OPEN_FLAGS)
+    """Open ``path`` for reading without following a symlink, having looked at what it is
+    first; return the descriptor and its ``fstat``. Raises OSError as ``os.open`` does, and
+    UnsafeFileError (nothing read, nothing left open) when it is not a regular file or is
+    larger than ``max_bytes``.
+
+    The name is opened with ``O_PATH`` (which opens nothing: no FIFO waited on, no device
+    driver called), looked at with ``fstat``, and only a regular file is then opened for
+    reading, through ``/proc/self/fd`` (the same inode, whatever the name points to by
+    then). Without ``/proc`` it is opened with ``O_NONBLOCK`` and looked at after."""
+    pfd = os.open(path, os.O_PATH | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0))
+    try:
+        _check(os.fstat(pfd), path, max_bytes)
+        try:
+            fd = os.open(f"/proc/self/fd/{pfd}", os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        except FileNotFoundError:  # no /proc
+            fd = os.open(path, OPEN_FLAGS)
+    finally:
+        os.close(pfd)
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode):
-            raise UnsafeFileError(errno.EINVAL, f"is {_kind(st.st_mode)}, not a regular file; not read", os.fspath(path))
-        if max_bytes is not None and st.st_size > max_bytes:
-            raise UnsafeFileError(errno.EFBIG, f"is {st.st_size:,} bytes, over the limit of {max_bytes:,} for this file; not read",
-                                  os.fspath(path))
+        _check(st, path, max_bytes)
         fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     except BaseException:
         os.close(fd)
         raise
     return fd, st
+
+
+def _check(st: os.stat_result, path: str | os.PathLike[str], max_bytes: int | None) -> None:
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFileError(errno.EINVAL, f"is {_kind(st.st_mode)}, not a regular file; not read", os.fspath(path))
+    if max_bytes is not None and st.st_size > max_bytes:
+        raise UnsafeFileError(errno.EFBIG, f"is {st.st_size:,} bytes, over the limit of {max_bytes:,} for this file; not read",
+                              os.fspath(path))
 
 
 def read_regular(path: str | os.PathLike[str], max_bytes: int) -> bytes:

@@ -214,12 +214,18 @@ def find_storage_roots(base: str, depth: int = 2, errors: list[str] | None = Non
     return found
 
 
-def scan_all_mounts(depth: int = 2, extra: list[str] | None = None, errors: list[str] | None = None) -> list[FoundRoot]:
-    """Every reachable storage root: on any mounted file system, plus ``extra`` paths."""
+def scan_all_mounts(depth: int = 2, extra: list[str] | None = None, errors: list[str] | None = None,
+                    allow_fuse: bool = False) -> list[FoundRoot]:
+    """Every reachable storage root: on any mounted file system (only those believed:
+    :mod:`imalinkd.trust`), plus the ``extra`` paths named explicitly."""
+    from imalinkd import trust
+
     seen: set[str] = set()
     out: list[FoundRoot] = []
-    for base in [*(extra or []), *mount_points()]:
-        for found in find_storage_roots(base, depth, errors):
+    bases = [(base, False) for base in extra or []] + [(base, True) for base in mount_points()]
+    for base, searched in bases:
+        roots = find_storage_roots(base, depth, errors)
+        for found in trust.believed(roots, allow_fuse, lambda f: f.path) if searched else roots:
             real = os.path.realpath(found.path)
             if real not in seen:
                 seen.add(real)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 import uuid
@@ -76,6 +77,11 @@ def build_drive(root: Path) -> tuple[dict[str, str], dict[str, str]]:
     os.unlink(path)
     os.mkfifo(path)
     bad["fifo"] = path
+    _, sdir = make_session(root, marker, description="device")
+    path = os.path.join(sdir, mf.FILENAME)
+    os.unlink(path)
+    os.mknod(path, 0o644 | stat.S_IFCHR, os.makedev(1, 5))  # as /dev/zero: endless zeros
+    bad["device"] = path
     _, sdir = make_session(root, marker, description="deep")
     bad["deep"] = rewrite(sdir, lambda t: t[:-2] + ', "x": ' + "[" * 5000 + "]" * 5000 + "}\n")
     # NaN sends it past orjson to the standard library, which recurses
@@ -138,7 +144,7 @@ def test_hostile_manifests_and_markers_are_rejected_by_name_and_the_rest_indexed
     for what, path in bad.items():
         assert any(f"rejected {path}" in line for line in lines), (what, r.stderr)
     named = {what: next(line for line in lines if f"rejected {path}" in line) for what, path in bad.items()}
-    assert "FIFO" in named["fifo"] and "FIFO" in named["fifo_marker"]
+    assert "FIFO" in named["fifo"] and "FIFO" in named["fifo_marker"] and "character device" in named["device"]
     assert "nested" in named["deep"] and "nested" in named["deepnan"] and "nested" in named["deepmedia"]
     assert "byte count" in named["hugeint"] and "byte count" in named["u64"] and "out of range" in named["mtime"]
     assert "over the limit" in named["big"]
@@ -211,3 +217,21 @@ def test_a_marker_in_a_tmpfs_or_owned_by_another_user_is_not_an_archive(tmp_path
         r = import_with(sid)
         assert r.returncode != 0 and sid in r.stderr and "Traceback" not in r.stderr, r.stderr
         assert ignored(r, drive / where / "config.json", why), r.stderr
+
+
+def test_only_a_regular_file_within_its_limit_is_opened(tmp_path):
+    """A FIFO is never waited on and a device never opened: both are looked at first."""
+    from imalinkd import drivefile
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    (tmp_path / "small").write_bytes(b"12345")
+    os.symlink(tmp_path / "small", tmp_path / "link")
+    cases = {fifo: "a FIFO", Path("/dev/zero"): "a character device", tmp_path / "link": "a symbolic link",
+             tmp_path: "a directory"}
+    for path, kind in cases.items():
+        with pytest.raises(drivefile.UnsafeFileError, match=f"is {kind}, not a regular file"):
+            drivefile.read_regular(path, 100)
+    with pytest.raises(drivefile.UnsafeFileError, match="over the limit of 4"):
+        drivefile.read_regular(tmp_path / "small", 4)
+    assert drivefile.read_regular(tmp_path / "small", 5) == b"12345"
