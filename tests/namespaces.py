@@ -50,12 +50,12 @@ class MountNamespace:
         mount_point.mkdir(parents=True, exist_ok=True)
         self.run("mount", "-o", ",".join(("loop", *options)), image, mount_point)
 
-    def mount_exfat(self, image: Path, mount_point: Path) -> str:
-        """An exFAT image through FUSE, read-only, like a card; returns its loop device."""
+    def mount_exfat(self, image: Path, mount_point: Path, readonly: bool = True) -> str:
+        """An exFAT image through FUSE (read-only: like a card); returns its loop device."""
         mount_point.mkdir(parents=True, exist_ok=True)
         dev = subprocess.run(["losetup", "-f", "--show", str(image)], check=True, capture_output=True, text=True).stdout.strip()
         self._loops.append(dev)
-        self.run("mount.exfat-fuse", "-o", "ro", dev, mount_point)
+        self.run("mount.exfat-fuse", *(["-o", "ro"] if readonly else []), dev, mount_point)
         return dev
 
     def _release_below(self, top: str) -> None:

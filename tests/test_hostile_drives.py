@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from cards import make_card
+from mounts import make_exfat_image
 from namespaces import MountNamespace
 from test_reindex import make_root, make_session
 
@@ -235,3 +236,28 @@ def test_only_a_regular_file_within_its_limit_is_opened(tmp_path):
     with pytest.raises(drivefile.UnsafeFileError, match="over the limit of 4"):
         drivefile.read_regular(tmp_path / "small", 4)
     assert drivefile.read_regular(tmp_path / "small", 5) == b"12345"
+
+
+def test_an_exfat_archive_through_fuse_is_found_only_with_allow_fuse(tmp_path, namespace):
+    """Archive drives are often exFAT or NTFS mounted through FUSE (exfat-fuse, ntfs-3g):
+    found by storage_id only with [storage] allow_fuse = true, and named when it is not."""
+    tree = tmp_path / "tree"
+    marker = make_root(tree / "photos")
+    image = make_exfat_image(tmp_path / "t7.img", label="T7", tree=tree)
+    drive = tmp_path / "drive"
+    namespace.mount_exfat(image, drive, readonly=False)
+    card = make_card(tmp_path / "card", shots=2)
+
+    def import_with(allow_fuse: bool) -> subprocess.CompletedProcess:
+        config = write_config(tmp_path)
+        text = config.read_text().replace(f'root = "{tmp_path}/home-archive"', f'storage_id = "{marker.storage_id}"')
+        config.write_text(text.replace("[storage]\n", f"[storage]\nallow_fuse = {str(allow_fuse).lower()}\n"))
+        return subprocess.run(namespace.command(*imalinkd_command(config, "import", str(card.root), "--json")),
+                              capture_output=True, text=True, env=env(), timeout=180)
+
+    r = import_with(False)
+    assert r.returncode != 0 and marker.storage_id in r.stderr, r.stderr
+    assert ignored(r, drive / "photos" / "config.json", "allow_fuse = true"), r.stderr
+    r = import_with(True)
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["storage_path"].startswith(str(drive / "photos") + "/")
