@@ -6,8 +6,9 @@ A drive can hold a FIFO, a device node or a socket under any name (``metadata.js
 nobody writes is forever; opening a device node calls its driver. So every file read from
 a drive is looked at (``O_PATH``, ``O_NOFOLLOW``, ``fstat``) before it is opened for
 reading, or opened with ``O_NONBLOCK`` where ``/proc`` is missing: only a regular file of
-at most the size allowed is read, else :class:`UnsafeFileError` names what it is. Its ``strerror`` is the reason, so callers that
-report ``OSError.strerror`` name it as they would any other read error.
+at most the size allowed is read, else :class:`UnsafeFileError` names what it is. Its
+``strerror`` is the reason, so callers that report ``OSError.strerror`` name it as they
+would any other read error.
 
 JSON from a drive is decoded by :func:`load_json`: orjson first (fast, and it stops at
 1,024 levels of nesting), the standard library only for what orjson refuses but Python's

@@ -153,7 +153,11 @@ def test_hostile_manifests_and_markers_are_rejected_by_name_and_the_rest_indexed
     assert sorted(s["import_session_id"] for s in sessions) == sorted(good.values())
 
 
-@pytest.mark.parametrize("content", [b"[" * 100_000, b'{"format": "imalink-storage", "x": ' + b"[" * 3000 + b"NaN" + b"]" * 3000 + b"}"])
+@pytest.mark.parametrize("content", [
+    b"[" * 100_000,  # beyond orjson's 1,024 levels
+    # within them, but a NaN first sends it to the standard library, beyond Python's 1,000
+    b'{"format": "imalink-storage", "n": NaN, "x": ' + b"[" * 1010 + b"]" * 1010 + b"}",
+])
 def test_a_marker_nested_too_deeply_is_an_invalid_marker_not_a_crash(tmp_path, content):
     from imalinkd import storage
     from imalinkd.errors import MarkerError
