@@ -872,7 +872,7 @@ class Daemon:
                                              limit_seconds=limit)
                 if done.outcome != "completed":
                     return JobFinished(job.key, done.outcome)
-                log.info("archive_reindexed", storage_root=str(root), result=_short(done.report))
+                log.info("archive_reindexed", storage_root=str(root), result=done.report)
             return JobFinished(job.key, "completed")
 
         self._start_job(Job(key=key, name=f"reindex {mount_point}", kind="reindex", cancel=threading.Event(),
@@ -935,18 +935,6 @@ def _progress_note(info: Any) -> str:
     if done is not None and total:
         return f"{done}/{total} files"
     return ""
-
-
-def _short(result: Any) -> Any:
-    if result is None or isinstance(result, (str, int, float, bool)):
-        return result
-    as_json = getattr(result, "as_json", None)
-    if callable(as_json):
-        try:
-            return as_json()
-        except Exception:
-            pass
-    return str(result)[:200]
 
 
 def run_daemon(config_path: str | None, log_format: str = "auto") -> int:
