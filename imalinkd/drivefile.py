@@ -104,7 +104,7 @@ def load_json(raw: bytes) -> Any:
     try:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as e:
-        if "recursion" in str(e).lower():
+        if "depth limit" in str(e) or "recursion" in str(e).lower():  # as orjson words it
             raise ValueError("nested more than 1,024 levels deep") from None
     try:
         return json.loads(raw)

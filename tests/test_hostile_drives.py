@@ -146,7 +146,7 @@ def test_hostile_manifests_and_markers_are_rejected_by_name_and_the_rest_indexed
         assert any(f"rejected {path}" in line for line in lines), (what, r.stderr)
     named = {what: next(line for line in lines if f"rejected {path}" in line) for what, path in bad.items()}
     assert "FIFO" in named["fifo"] and "FIFO" in named["fifo_marker"] and "character device" in named["device"]
-    assert "nested" in named["deep"] and "nested" in named["deepnan"] and "nested" in named["deepmedia"]
+    assert "nested more than 1,024 levels" in named["deep"] and "nested" in named["deepnan"] and "nested" in named["deepmedia"]
     assert "byte count" in named["hugeint"] and "byte count" in named["u64"] and "out of range" in named["mtime"]
     assert "over the limit" in named["big"]
     sessions = json.loads(imalinkd(config, "sessions", "--json").stdout)
