@@ -10,7 +10,7 @@ from imalinkd.daemon.policy import DEFAULT_CARD_POLICY, has_matcher
 
 def _matcher(rule: CardPolicy) -> str:
     if not has_matcher(rule):
-        return "any mount with a DCIM/ folder"
+        return "any camera card (DCIM/ or another camera layout)"
     parts = [f"{k} {v!r}" for k, v in (("label", rule.label), ("uuid", rule.uuid), ("path", rule.path)) if v]
     return " and ".join(parts)
 
@@ -33,7 +33,7 @@ def card_rules(config: Config) -> list[dict]:
     built-in rule for camera cards no rule matched."""
     rules = [_rule(config, r, str(i)) for i, r in enumerate(config.cards, 1)]
     default = _rule(config, DEFAULT_CARD_POLICY, "default")
-    default["matches"] = "any other mount with a DCIM/ folder"
+    default["matches"] = "any other camera card (DCIM/ or another camera layout)"
     return rules + [default]
 
 
@@ -42,7 +42,16 @@ def summary(config: Config) -> dict:
         "card_rules_in_effect": card_rules(config),
         "mount_paths_in_effect": list(config.daemon.mount_paths) or ["(every mounted file system)"],
         "state_dir_in_effect": str(config.daemon.state_dir),
+        "cameras_in_effect": _cameras(config),
     }
+
+
+def _cameras(config: Config) -> dict:
+    from imalinkd.camera_import import staging_dir
+
+    c = config.cameras
+    return {"enabled": c.enabled, "gphoto2": c.gphoto2, "poll_seconds": c.poll_seconds,
+            "staging_dir": str(staging_dir(config)), "ports": list(c.ports)}
 
 
 def describe(config: Config) -> list[str]:
@@ -55,4 +64,7 @@ def describe(config: Config) -> list[str]:
                 f"description {r['description']!r}, verify {r['verify']}, thumbnails {'on' if r['thumbnails'] else 'off'}, "
                 f"after import {r['after_import']}" + (f", only {', '.join(r['include'])}" if r["include"] else ""))
         lines.append(f"    {r['rule']}: {r['matches']}: {what}")
+    c = _cameras(config)
+    lines.append("  cameras on USB: " + (f"watched with {c['gphoto2']}, staging in {c['staging_dir']}"
+                                         + (f", also {', '.join(c['ports'])}" if c["ports"] else "") if c["enabled"] else "not watched"))
     return lines

@@ -131,8 +131,9 @@ def test_check_config_shows_the_rules_mount_paths_and_state_directory_in_effect(
     assert f"state directory: {tmp_path / 'state'}" in r.stdout
     assert f"mount paths examined: {tmp_path / 'mounts'}/*" in r.stdout
     assert "1: label 'EOS_*': description '{label} {date}', verify paranoid" in r.stdout
-    assert "default: any other mount with a DCIM/ folder: description '{label}', verify sha256" in r.stdout
+    assert "default: any other camera card (DCIM/ or another camera layout): description '{label}', verify sha256" in r.stdout
     data = json.loads(subprocess.run(run + ["--json"], env=env_for(), capture_output=True, text=True, timeout=60).stdout)
     assert [r["rule"] for r in data["card_rules_in_effect"]] == ["1", "default"]
     assert data["mount_paths_in_effect"] == [f"{tmp_path / 'mounts'}/*"]
     assert data["state_dir_in_effect"] == str(tmp_path / "state")
+    assert data["cameras_in_effect"]["staging_dir"] == str(tmp_path / "state" / "cameras")
