@@ -88,7 +88,23 @@ def make_session(root, marker_or_id, files=None, *, status="completed", descript
         file_manifest=entries, skipped=[mf.SkippedEntry(p, r) for p, r in skipped],
     )
     mf.write_manifest(sdir, man)
+    pin_manifest_times(sdir)
     return sid, sdir
+
+
+def pin_manifest_times(path, age_seconds=-86400):
+    """Give ``path``'s manifest (or every manifest one level below a root ``path``) an mtime
+    ``age_seconds`` before now. The default, a day *ahead*, is a manifest "just written"
+    (too recent for reindex to record its signature) however long the test then takes; a
+    positive age is one written long ago. Never left to how fast the machine runs."""
+    import time
+
+    when = time.time_ns() - int(age_seconds * 1_000_000_000)
+    here = os.path.join(str(path), mf.FILENAME)
+    targets = [here] if os.path.isfile(here) else [os.path.join(str(path), n, mf.FILENAME) for n in os.listdir(path)]
+    for target in targets:
+        if os.path.isfile(target):
+            os.utime(target, ns=(when, when))
 
 
 def counts(catalog: Catalog) -> dict:
@@ -438,13 +454,7 @@ def test_replica_root_is_recorded_as_a_second_copy(tmp_path):
 
 def age_manifests(root, seconds=3600):
     """Make every manifest older than the racy window, as on a drive whose imports are over."""
-    import time
-
-    old = time.time_ns() - seconds * 1_000_000_000
-    for name in os.listdir(root):
-        path = os.path.join(str(root), name, mf.FILENAME)
-        if os.path.isfile(path):
-            os.utime(path, ns=(old, old))
+    pin_manifest_times(root, seconds)
 
 
 def count_manifest_reads(monkeypatch) -> list[str]:

@@ -18,7 +18,7 @@ from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, 
 from imalinkd.errors import ManifestError
 from imalinkd.reading import gc_paused, read_drive, read_drive_slices
 from imalinkd.reindex import apply_plan, load_catalog_state, load_known_manifests, plan_reindex, reindex_path
-from test_reindex import config_for, make_root, make_session
+from test_reindex import config_for, make_root, make_session, pin_manifest_times
 
 SHA = "ab" * 32
 
@@ -123,7 +123,30 @@ def build_mixed_drive(root):
     _, linked = make_session(root, marker, description="linkedfiles")
     os.rename(os.path.join(linked, "files"), os.path.join(linked, "elsewhere"))
     os.symlink("elsewhere", os.path.join(linked, "files"))
+    pin_manifest_times(root)  # every manifest "just written", however slow the machine
     return marker
+
+
+class TestClock:
+    """Stands in for the ``time`` module in :mod:`imalinkd.reading`: ``monotonic`` moves
+    only when the test says; ``time_ns`` is the real one."""
+
+    __test__ = False
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        with self._lock:
+            self.now += seconds
+
+    @staticmethod
+    def time_ns() -> int:
+        return time.time_ns()
 
 
 @pytest.mark.parametrize("threaded_faster", [False, True])
@@ -134,17 +157,20 @@ def test_reading_in_threads_gives_the_same_sessions_and_rejections_in_order(tmp_
     serial = read_drive(str(root), marker, threads=1)
     # batches of two: of each three, the first is read in this thread and the second in
     # the threads, each timed; the third goes the way that was faster. Reading is made
-    # slow in one of the two ways.
+    # slow in one of the two ways, on a clock of the test's own (a loaded machine's
+    # scheduling never decides which way is faster).
     monkeypatch.setattr(reading, "READ_BATCH", 2)
     monkeypatch.setattr(reading, "SAMPLE_EVERY", 3)
     real_read = reading.read_session_dir
     where: dict[str, bool] = {}  # directory → read in a pool thread
+    clock = TestClock()
+    monkeypatch.setattr(reading, "time", clock)
 
     def read(path, known=None):
         pooled = threading.current_thread() is not threading.main_thread()
         where[os.path.basename(path)] = pooled
         if pooled != threaded_faster:
-            time.sleep(0.03)
+            clock.advance(1.0)
         return real_read(path, known)
 
     monkeypatch.setattr(reading, "read_session_dir", read)
