@@ -7,7 +7,6 @@ whatever they ask and whether or not they carry the token."""
 
 from __future__ import annotations
 
-import time
 
 import pytest
 import schemathesis
@@ -51,7 +50,6 @@ def test_openapi_schema_lists_every_endpoint(live):
 
 @pytest.mark.parametrize("with_token", [False, True], ids=["anonymous", "token"])
 def test_fuzzed_requests_never_get_a_server_error(live, with_token):
-    started = time.monotonic()
     failures: list[str] = []
     headers = AUTH if with_token else {}
     for op in operations(live.server.app):
@@ -71,7 +69,6 @@ def test_fuzzed_requests_never_get_a_server_error(live, with_token):
 
         run()
     assert not failures, "\n".join(failures[:10])
-    assert time.monotonic() - started < 60
 
 
 @pytest.mark.parametrize("with_token", [False, True], ids=["anonymous", "token"])
