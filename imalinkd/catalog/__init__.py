@@ -90,24 +90,16 @@ class Catalog:
         """Bring the schema to the newest Alembic revision (a no-op when it is there).
 
         The common case — schema already current — is decided without importing Alembic
-        (a tenth of a second on every command)."""
+        (a tenth of a second on every command). Otherwise one process at a time migrates
+        (see :meth:`_migration_lock`) and every step of it is one transaction: processes
+        racing to open a fresh catalog all find it migrated once, and a process killed
+        half-way leaves the catalog as it was before, to be migrated by the next one."""
         head = _head_revision()
         try:
-            with self.engine.begin() as conn:
-                try:
-                    current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
-                except SQLAlchemyError:
-                    current = None
-            if current == head:
+            if self._current_revision() == head:
                 return
-            from alembic import command
-            from alembic.config import Config as AlembicConfig
-
-            cfg = AlembicConfig()
-            cfg.set_main_option("script_location", str(MIGRATIONS))
-            with self.engine.begin() as conn:
-                cfg.attributes["connection"] = conn
-                command.upgrade(cfg, "head")
+            with self._migration_lock():
+                self._upgrade()
         except SQLAlchemyError as e:
             hint = ""
             if isinstance(e, DatabaseError) and not isinstance(e, OperationalError) and self.engine.url.get_backend_name() == "sqlite":
@@ -115,6 +107,59 @@ class Catalog:
                         "and 'imalinkd reindex' rebuilds it from them")
             raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: "
                                                      f"{e.orig if hasattr(e, 'orig') else e}{self._room()}{hint}") from None
+
+    def _current_revision(self) -> str | None:
+        with self.engine.begin() as conn:
+            try:
+                return conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
+            except SQLAlchemyError:
+                return None
+
+    @contextmanager
+    def _migration_lock(self) -> Iterator[None]:
+        """One migrating process at a time: for a SQLite file, an exclusive ``flock`` on
+        ``<catalog>.lock`` beside it (the others wait for it however long a migration
+        takes, rather than for SQLite's busy timeout). Other databases lock inside the
+        migration's transaction (:meth:`_upgrade`)."""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            yield
+            return
+        import fcntl
+
+        path = f"{url.database}.lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        except OSError:  # a read-only catalog directory: SQLite's own locking still holds
+            yield
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            yield
+        finally:
+            os.close(fd)
+
+    def _upgrade(self) -> None:
+        """Run the migrations up to head in one transaction, from whatever revision the
+        catalog holds once this process has the database to itself."""
+        from alembic import command
+        from alembic.config import Config as AlembicConfig
+
+        cfg = AlembicConfig()
+        cfg.set_main_option("script_location", str(MIGRATIONS))
+        backend = self.engine.url.get_backend_name()
+        with self.engine.connect() as conn:
+            if backend == "sqlite":
+                # The driver would run each CREATE in a transaction of its own (and commit
+                # it): a kill between two of them left a catalog that never migrated again.
+                # One explicit transaction, holding the write lock from its start, holds
+                # them all.
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+            elif backend == "postgresql":
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7362891045)")  # 'imalinkd migrate', any constant
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")  # in our transaction: Alembic adds none of its own
+            conn.commit()
 
     def _room(self) -> str:
         """For a SQLite file whose file system is (nearly) full, a note saying so: SQLite
