@@ -219,15 +219,22 @@ def cmd_import(config, args) -> int:
 
     with _ProgressBar(not args.json) as bar:
         result = import_source(config, args.source, description=args.description, storage_root=args.storage, verify=args.verify,
-                               thumbnails=False if args.no_thumbnails else None, progress=bar.update, cancel=_cancel_on_signals())
+                               thumbnails=False if args.no_thumbnails else None, progress=bar.update, cancel=_cancel_on_signals(),
+                               on_source_wait=_say_waiting)
     return _import_result_out(result, args.json)
+
+
+def _say_waiting(holder) -> None:
+    print(f"imalinkd: waiting: another import holds this source: {holder.describe()}; this one goes on when that "
+          "one ends (Ctrl-C gives up)", file=sys.stderr, flush=True)
 
 
 def cmd_resume(config, args) -> int:
     from imalinkd.importer import resume_session
 
     with _ProgressBar(not args.json) as bar:
-        result = resume_session(config, args.session, source=args.source, progress=bar.update, cancel=_cancel_on_signals())
+        result = resume_session(config, args.session, source=args.source, progress=bar.update, cancel=_cancel_on_signals(),
+                                on_source_wait=_say_waiting)
     return _import_result_out(result, args.json)
 
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import structlog
 from sqlalchemy import delete, select
 
-from imalinkd import durable, paths, samefiles, shots, storage
+from imalinkd import durable, paths, samefiles, shots, sourcelock, storage
 from imalinkd.catalog import Catalog, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
 from imalinkd.copier import CopyStage, not_archived_summary
@@ -63,7 +63,7 @@ from imalinkd.sessions import (
 
 __all__ = [
     "ImportResult", "Progress", "ProgressCallback", "SourceInfo", "VerifyReport", "build_photos", "effective_status",
-    "find_resumable_session", "find_root_by_id", "import_source", "importer_alive", "make_thumbnails", "open_storage",
+    "find_resumable_session", "find_root_by_id", "holding_source", "import_source", "importer_alive", "make_thumbnails", "open_storage",
     "preflight", "record_root", "resume_session", "rollback_session", "session_dir_of", "session_json", "verify_sessions",
 ]
 
@@ -182,8 +182,15 @@ def import_source(
     catalog: Catalog | None = None,
     disk_free: Callable[[str], tuple[int, int]] = storage.disk_free,
     template_values: dict[str, str] | None = None,
+    on_source_wait: Callable[[sourcelock.Claim], None] | None = None,
+    lock_source: bool = True,
 ) -> ImportResult:
     """Import ``source`` into the archive as one new session.
+
+    Only one import or resume reads a source at a time, across processes
+    (:mod:`imalinkd.sourcelock`): while another one holds it, this waits (``on_source_wait``
+    is told once, with what is running; ``cancel`` ends the wait). ``lock_source=False``
+    when the caller holds the source's lock already.
 
     With ``template_values`` (for example ``label`` and ``folder`` from a card policy),
     ``description`` is a template (:mod:`imalinkd.naming`); ``{camera_model}`` and ``{date}``
@@ -198,15 +205,29 @@ def import_source(
     new (everything is already archived) no session is created and ``session_uuid`` is None.
     Raises ImalinkError for what prevents starting (no archive, not enough room, bad source).
     """
+    source = os.path.abspath(os.fspath(source))
+    info = source_info or SourceInfo()
     own_catalog = catalog is None
     catalog = catalog or Catalog.open(config)
     try:
-        return _import(config, catalog, os.path.abspath(os.fspath(source)), description, source_info or SourceInfo(),
-                       storage_root, verify or config.import_.verify, include, thumbnails, files, cancel, progress, disk_free,
-                       template_values)
+        with holding_source(config, source, info.fs_uuid, cancel, on_source_wait, lock_source):
+            return _import(config, catalog, source, description, info, storage_root, verify or config.import_.verify, include,
+                           thumbnails, files, cancel, progress, disk_free, template_values)
     finally:
         if own_catalog:
             catalog.close()
+
+
+@contextmanager
+def holding_source(config: Config, source: str, fs_uuid: str | None = None, cancel: threading.Event | None = None,
+                   on_wait: Callable[[sourcelock.Claim], None] | None = None, lock: bool = True):
+    """The source's import lock (see :mod:`imalinkd.sourcelock`) held for the block; a
+    source that is not there (yet) is left for the import to report."""
+    if not lock or not os.path.isdir(source):
+        yield
+        return
+    with sourcelock.holding_source(sourcelock.locks_dir(config), source, fs_uuid, cancel, on_wait):
+        yield
 
 
 def _import(config, catalog, source, description, info, storage_root, verify, include, thumbnails, files, cancel, progress_cb, disk_free,
@@ -473,20 +494,23 @@ def resume_session(
     catalog: Catalog | None = None,
     thumbnails: bool | None = None,
     disk_free: Callable[[str], tuple[int, int]] = storage.disk_free,
+    on_source_wait: Callable[[sourcelock.Claim], None] | None = None,
+    lock_source: bool = True,
 ) -> ImportResult:
     """Finish a failed or interrupted session without copying committed files again.
 
-    ``source`` overrides where the source is now (a card mounted at another path)."""
+    ``source`` overrides where the source is now (a card mounted at another path). The
+    source's import lock is taken as by :func:`import_source`."""
     own_catalog = catalog is None
     catalog = catalog or Catalog.open(config)
     try:
-        return _resume(config, catalog, ref, source, cancel, progress, thumbnails, disk_free)
+        return _resume(config, catalog, ref, source, cancel, progress, thumbnails, disk_free, on_source_wait, lock_source)
     finally:
         if own_catalog:
             catalog.close()
 
 
-def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnails, disk_free) -> ImportResult:
+def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnails, disk_free, on_source_wait, lock_source) -> ImportResult:
     with catalog.session() as s:
         row = find_session(s, ref)
         status = effective_status(row)
@@ -500,11 +524,18 @@ def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnai
         row_id = row.id
         source = os.path.abspath(os.fspath(source_override)) if source_override else row.original_source_path
         verify = row.verification or config.import_.verify
+        fs_uuid = row.source_fs_uuid
     session_dir = session_dir_of(config, catalog, row)
     if session_dir is None:
         raise StorageNotFoundError(path=row.storage_directory_name, storage_id=row.storage_id, where=f" for session {sid}")
     if not source or not os.path.isdir(source):
         raise SourceError(path=source or "?", message=f"the source of session {sid[:8]} is not available; insert the card or give --source")
+    with holding_source(config, source, fs_uuid, cancel, on_source_wait, lock_source):
+        return _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify, cancel, progress_cb, thumbnails, disk_free)
+
+
+def _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify, cancel, progress_cb, thumbnails, disk_free) -> ImportResult:
+    """The resume itself, with the source held."""
     lock = SessionLock(session_dir, sid)
     lock.acquire()
     try:

@@ -743,26 +743,10 @@ class Daemon:
         engine = _importer()
         try:
             self._open_storage(engine, config)
-            resumable = engine.find_resumable_session(self.catalog, card.identity.fs_uuid, card.identity.label)
-            if resumable:
-                blog.info("card_resume_started", session_id=resumable)
-                result = engine.resume_session(
-                    config, resumable, source=card.mount_point,
-                    cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
-                )
-            else:
-                blog.info("card_import_started", description=card.description)
-                info = engine.SourceInfo(
-                    kind="card", label=card.identity.label, fs_uuid=card.identity.fs_uuid, device=card.device,
-                )
-                # the engine fills {camera_model} and {date} from the photos themselves
-                result = engine.import_source(
-                    config, card.mount_point, description=card.policy.description,
-                    template_values=policy.description_values(label=card.identity.label, folder=card.mount_point),
-                    source_info=info, verify=card.policy.verify, include=card.policy.include,
-                    thumbnails=card.policy.thumbnails, cancel=job.cancel,
-                    progress=self._progress(job), catalog=self.catalog,
-                )
+            # the card held (waiting while the command line imports it, say) from choosing
+            # between a resume and a new session to the end of either
+            with engine.holding_source(config, str(card.mount_point), card.identity.fs_uuid, job.cancel):
+                result = self._import_card(engine, job, card, config, blog)
         except (StorageNotFoundError, StorageNotMountedError) as e:
             blog.warning("card_waiting_for_archive", reason=str(e))
             return JobFinished(job.key, "waiting_for_storage")
@@ -795,6 +779,25 @@ class Daemon:
                 storage_path=str(getattr(result, "storage_path", "") or ""),
             )
         return JobFinished(job.key, outcome, session)
+
+    def _import_card(self, engine: Any, job: Job, card: CardJob, config: Config, blog: Any) -> Any:
+        resumable = engine.find_resumable_session(self.catalog, card.identity.fs_uuid, card.identity.label)
+        if resumable:
+            blog.info("card_resume_started", session_id=resumable)
+            return engine.resume_session(
+                config, resumable, source=card.mount_point,
+                cancel=job.cancel, progress=self._progress(job), catalog=self.catalog, lock_source=False,
+            )
+        blog.info("card_import_started", description=card.description)
+        info = engine.SourceInfo(kind="card", label=card.identity.label, fs_uuid=card.identity.fs_uuid, device=card.device)
+        # the engine fills {camera_model} and {date} from the photos themselves
+        return engine.import_source(
+            config, card.mount_point, description=card.policy.description,
+            template_values=policy.description_values(label=card.identity.label, folder=card.mount_point),
+            source_info=info, verify=card.policy.verify, include=card.policy.include,
+            thumbnails=card.policy.thumbnails, cancel=job.cancel,
+            progress=self._progress(job), catalog=self.catalog, lock_source=False,
+        )
 
     def _run_drop_job(self, job: Job, drop: Any, batch: DropBatchSettled) -> JobFinished:
         blog = log.bind(folder=str(batch.folder))
