@@ -11,7 +11,7 @@ import psutil
 import structlog
 from sqlalchemy import select
 
-from imalinkd import locate, paths, storage
+from imalinkd import locate, paths, sourcelock, storage
 from imalinkd.catalog import Catalog, ImportSession, StorageRoot, upsert_storage_root
 from imalinkd.config import Config
 from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
@@ -44,16 +44,30 @@ def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathL
     root = os.path.abspath(root)
     marker = storage.read_marker(root) if os.path.isdir(root) else None
     if marker is None:
-        with catalog.session() as s:
-            known = s.scalars(select(StorageRoot).where(StorageRoot.last_seen_path == root)).first()
-            if known is not None:
-                raise StorageNotMountedError(path=root, storage_id=known.storage_id)
-        marker = storage.init_storage(root)
-        log.info("storage_initialised", storage_path=root, storage_id=marker.storage_id)
+        # One process at a time decides what a root without a marker is: another one may
+        # be making it a root right now (and recording it, which would make it look like
+        # an unplugged drive's mount point to a check made without this lock).
+        with sourcelock.exclusive(sourcelock.locks_dir(config), "first-use"):
+            marker = _marker_or_first_use(catalog, root)
     if wanted and marker.storage_id != wanted:
         raise StorageError(path=root, message=f"holds storage {marker.storage_id}, but the config asks for {wanted}")
     record_root(catalog, root, marker)
     return root, marker
+
+
+def _marker_or_first_use(catalog: Catalog, root: str) -> storage.Marker:
+    """``root``'s marker, read again under the first-use lock; else a new root, or the
+    refusal of a place that was a root before."""
+    marker = storage.read_marker(root) if os.path.isdir(root) else None
+    if marker is not None:  # made a root by another process meanwhile
+        return marker
+    with catalog.session() as s:
+        known = s.scalars(select(StorageRoot).where(StorageRoot.last_seen_path == root)).first()
+        if known is not None:
+            raise StorageNotMountedError(path=root, storage_id=known.storage_id)
+    marker = storage.init_storage(root)
+    log.info("storage_initialised", storage_path=root, storage_id=marker.storage_id)
+    return marker
 
 
 def find_root_by_id(config: Config, catalog: Catalog, storage_id: str) -> str | None:

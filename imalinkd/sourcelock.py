@@ -218,6 +218,22 @@ class SourceLock:
 
 
 @contextmanager
+def exclusive(directory: str | os.PathLike[str], name: str) -> Iterator[None]:
+    """An exclusive ``flock`` on ``<directory>/<name>.lock`` for the block: one process at a
+    time across the station (first-use initialisation, say)."""
+    path = Path(directory)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path / f"{name}.lock", os.O_RDWR | os.O_CREAT, fcntl.LOCK_EX)
+    except OSError as e:
+        raise SourceLockError(path=str(path / f"{name}.lock"), message=e.strerror or str(e)) from None
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
 def holding_source(directory: str | os.PathLike[str], source: str, fs_uuid: str | None = None,
                    cancel: threading.Event | None = None, on_wait: Callable[[Claim], None] | None = None) -> Iterator[SourceLock]:
     """Hold the claim on ``source`` for the block (waiting for a conflicting import first)."""

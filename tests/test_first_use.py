@@ -115,3 +115,65 @@ def test_many_processes_opening_a_fresh_catalog_at_once(tmp_path):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == 0 and out.strip() == "opened", err
     assert_migrated(db)
+
+
+# --- the default storage root, made on first use by two imports at once -----------------------------
+
+# An import (the command line) with the embedded default storage root at argv[2]; with
+# argv[4] (a directory) it stops right after first finding no marker there, as a process
+# does that another overtakes: it creates <dir>/paused, then waits for <dir>/go.
+IMPORTER = textwrap.dedent("""
+    import os, sys, time
+    from pathlib import Path
+    import imalinkd.config, imalinkd.storage as storage
+    imalinkd.config.default_storage_root = lambda: Path(sys.argv[2])
+    if len(sys.argv) > 4:
+        real = storage.read_marker
+        def read_marker(root):
+            marker = real(root)
+            if marker is None and not os.path.exists(os.path.join(sys.argv[4], "paused")):
+                open(os.path.join(sys.argv[4], "paused"), "w").close()
+                while not os.path.exists(os.path.join(sys.argv[4], "go")):
+                    time.sleep(0.01)
+            return marker
+        storage.read_marker = read_marker
+    from imalinkd.cli import main
+    raise SystemExit(main(["--config", sys.argv[1], "import", sys.argv[3], "--json"]))
+""")
+
+
+def test_two_imports_making_the_default_storage_root_at_once_both_complete(tmp_path):
+    from cards import make_card
+
+    cfg = tmp_path / "imalinkd.toml"
+    cfg.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/state/catalog.db"\n\n[import]\nthumbnails = false\n\n'
+                   f'[api]\nlisten = ""\n\n[daemon]\nstate_dir = "{tmp_path}/state"\n')
+    root = tmp_path / "default-archive"
+    root.mkdir()  # there, empty (its marker is what is looked for)
+    cards = [make_card(tmp_path / f"card{i}", shots=2, raw_kb=16, seed=i) for i in (1, 2)]
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    Catalog.open(f"sqlite:///{tmp_path}/state/catalog.db").close()  # the catalog's own first use is another test
+
+    def start(card, *pause):
+        return subprocess.Popen([sys.executable, "-c", IMPORTER, str(cfg), str(root), str(card.root), *pause], cwd=REPO,
+                                env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+    first = start(cards[0], str(tmp_path))
+    try:
+        wait_until(lambda: (tmp_path / "paused").exists() or first.poll() is not None, "the first import to find no marker")
+        assert first.poll() is None, first.communicate()
+        second = start(cards[1])  # overtakes it: makes the root, records it, imports
+        out2, err2 = second.communicate(timeout=120)
+        assert second.returncode == 0, err2
+        (tmp_path / "go").touch()
+        out1, err1 = first.communicate(timeout=120)
+    finally:
+        (tmp_path / "go").touch()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+    assert first.returncode == 0, err1  # not "config.json is gone": the marker is there, made by the other
+    import json
+
+    assert {json.loads(out)["copy_status"] for out in (out1, out2)} == {"completed"}
+    assert len([p for p in root.iterdir() if p.name.endswith(tuple("0123456789abcdef"))]) == 2
