@@ -90,6 +90,7 @@ class DaemonConfig:
     state_dir: Path = field(default_factory=default_state_dir)
     automount: bool = False  # with udev: mount removable cards read-only ourselves
     settle_seconds: float = 2.0  # drop folders: how long a file must be unchanged
+    drop_rescan_seconds: float = 300.0  # drop folders: list them again this often for what events missed; 0: never
     watchdog: bool = True  # send WATCHDOG=1 when systemd asks for it
     mount_paths: tuple[str, ...] = ()  # globs of mount points examined for cards/archives; empty: all
     drive_job_seconds: float = 1800.0  # the longest a reindex of one drive may take in the daemon
@@ -224,6 +225,8 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     known = {"catalog", "storage", "import", "api", "daemon", "scrub", "cameras", "card", "drop_folder"}
     reader.reject_unknown(data, known, "")
     daemon = reader.section(data, "daemon", DaemonConfig)
+    if daemon.drop_rescan_seconds != 0 and daemon.drop_rescan_seconds < 1:
+        reader.fail("daemon.drop_rescan_seconds", "must be 0 (never) or at least 1 second")
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
         reader.fail("daemon.log_level", "must be one of debug, info, warning, error")
     if not daemon.drive_job_seconds > 0:

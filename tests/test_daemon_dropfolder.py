@@ -156,3 +156,87 @@ def test_missing_folder_is_skipped(tmp_path):
     source = DropFolderSource(queue.Queue(), [(tmp_path / "nope", 1)])
     source.start()
     source.stop()
+
+
+# --- what events missed: new subfolders listed, the periodic rescan ---------------------------------
+
+
+def test_a_rescan_takes_files_no_event_announced_and_not_those_already_taken():
+    t = FolderTracker(F, settle_seconds=2)
+    t.touched(F / "a.jpg", 0, closed=True)
+    assert t.take_batch(3, stat_of({F / "a.jpg": 5})) == (F / "a.jpg",)
+    # a is kept in the folder (after_import = "keep"); b was written while events were lost
+    t.rescan(10, {F / "a.jpg": (5, 5), F / "b.jpg": (7, 7)})
+    assert t.take_batch(13, stat_of({F / "a.jpg": 5, F / "b.jpg": 7})) == (F / "b.jpg",)
+    # a changed since its batch took it: taken again; b did not
+    t.rescan(20, {F / "a.jpg": (6, 6), F / "b.jpg": (7, 7)})
+    assert t.take_batch(23, stat_of({F / "a.jpg": 6, F / "b.jpg": 7})) == (F / "a.jpg",)
+    t.rescan(30, {F / "b.jpg": (7, 7)})  # a deleted: forgotten
+    assert F / "a.jpg" not in t.taken and t.files == {}
+
+
+def test_a_file_whose_close_event_was_lost_is_taken_once_unchanged_over_a_rescan_interval():
+    t = FolderTracker(F, settle_seconds=2)
+    t.touched(F / "a.jpg", 0, closed=False)
+    t.rescan(300, {F / "a.jpg": (5, 5)})
+    assert t.take_batch(303, stat_of({F / "a.jpg": 5})) is None  # could still be being written
+    t.rescan(600, {F / "a.jpg": (6, 6)})  # it was: grew
+    assert t.take_batch(603, stat_of({F / "a.jpg": 6})) is None
+    t.rescan(900, {F / "a.jpg": (6, 6)})  # unchanged over a whole interval
+    assert t.take_batch(903, stat_of({F / "a.jpg": 6})) == (F / "a.jpg",)
+
+
+def test_a_directory_moved_in_whole_is_taken(tmp_path):
+    """Its files were written elsewhere: inside the drop folder they make no event at all."""
+    drop, outside = tmp_path / "drop", tmp_path / "outside"
+    drop.mkdir()
+    (outside / "trip" / "day2").mkdir(parents=True)
+    for rel in ("trip/IMG_1.JPG", "trip/IMG_2.JPG", "trip/day2/IMG_3.JPG"):
+        (outside / rel).write_bytes(os.urandom(1000))
+    q = queue.Queue()
+    source = DropFolderSource(q, [(drop, 0.2)], rescan_seconds=0)
+    source.start()
+    try:
+        os.rename(outside / "trip", drop / "trip")
+        batch = q.get(timeout=60)
+        assert batch.paths == (drop / "trip/IMG_1.JPG", drop / "trip/IMG_2.JPG", drop / "trip/day2/IMG_3.JPG")
+    finally:
+        source.stop()
+
+
+def test_files_written_into_a_new_subfolder_at_once_are_always_taken(tmp_path):
+    """mkdir, then files written straight away: some before the new folder's watch is in
+    place. Every file, every time."""
+    q = queue.Queue()
+    source = DropFolderSource(q, [(tmp_path, 0.3)], rescan_seconds=0)
+    source.start()
+    try:
+        for run in range(5):
+            sub = tmp_path / f"import{run}" / "DCIM"
+            sub.mkdir(parents=True)
+            want = set()
+            for i in range(20):
+                (sub / f"IMG_{i}.JPG").write_bytes(b"x" * (i + 1))
+                want.add(sub / f"IMG_{i}.JPG")
+            got: set[Path] = set()
+            while got != want:
+                batch = q.get(timeout=60)
+                assert set(batch.paths) <= want, batch.paths
+                got |= set(batch.paths)
+    finally:
+        source.stop()
+
+
+def test_the_periodic_rescan_takes_a_file_whose_events_were_lost(tmp_path):
+    q = queue.Queue()
+    source = DropFolderSource(q, [(tmp_path, 0.2)], rescan_seconds=1)
+    source.start()
+    try:
+        source._observer.unschedule_all()  # from now on no event arrives, as after a queue overflow
+        (tmp_path / "sub").mkdir()
+        (tmp_path / "sub" / "IMG_9.JPG").write_bytes(b"lost")
+        batch = q.get(timeout=60)
+        assert batch.paths == (tmp_path / "sub" / "IMG_9.JPG",)
+        assert _collect(q, 2.5) == []  # taken once, not again by the next rescans
+    finally:
+        source.stop()

@@ -368,7 +368,7 @@ class Daemon:
     def _start_drop_source(self) -> None:
         folders = [(p.path, policy.settle_seconds(self.config, p)) for p in self.config.drop_folders]
         if folders:
-            self.drop_source = DropFolderSource(self.events, folders)
+            self.drop_source = DropFolderSource(self.events, folders, self.config.daemon.drop_rescan_seconds)
             self.drop_source.start()
 
     def _loop(self) -> None:
@@ -651,7 +651,8 @@ class Daemon:
         if self.scrubs is not None:
             self.scrubs.config = new  # the next scrub takes the new [scrub] keys
         log.info("config_reloaded", config=new.source)
-        if new.drop_folders != old.drop_folders:
+        if (new.drop_folders, new.daemon.settle_seconds, new.daemon.drop_rescan_seconds) != (
+                old.drop_folders, old.daemon.settle_seconds, old.daemon.drop_rescan_seconds):
             if self.drop_source is not None:
                 self.drop_source.stop()
                 self.drop_source = None
