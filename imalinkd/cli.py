@@ -300,6 +300,7 @@ def cmd_status(config, args) -> int:
             _say(f"session {row.storage_uuid} ({row.storage_directory_name}): {st.get('copy_status')}")
             _say(f"  storage {state}{': ' + st['storage_path'] if st['storage_path'] else ''}")
             _say(f"  {st['files_accessible']}/{st['total_files']} files accessible")
+            _say(f"  verified: {describe_verification(st['verification'], st['readback'])}")
         return EXIT_OK
     with catalog.session() as s:
         counts = dict(s.execute(select(ImportSession.copy_status, func.count()).group_by(ImportSession.copy_status)).all())
@@ -319,6 +320,19 @@ def cmd_status(config, args) -> int:
     return EXIT_OK
 
 
+def describe_verification(level: str | None, readback: str | None) -> str:
+    """One line on how a session's copies were verified, saying what the check was worth."""
+    if level == "size":
+        return "by size only (no re-read)"
+    what = f"{level or 'sha256'}"
+    if readback == "from-disk":
+        return f"{what}, re-read from the disk"
+    if readback == "page-cache-possible":
+        return (f"{what}, re-read through a cache that may still hold the data (FUSE or network file system): "
+                "not proof of what the disk holds; 'imalinkd verify' as root reads past it")
+    return f"{what} (how the copies were re-read was not recorded)"
+
+
 def cmd_verify(config, args) -> int:
     from imalinkd.importer import verify_sessions
 
@@ -335,6 +349,9 @@ def cmd_verify(config, args) -> int:
             _say(f"  missing: {m}")
         for sid in report.inaccessible:
             _say(f"  storage not reachable for session {sid}")
+        if report.readback == "page-cache-possible":
+            _say("  note: some files were re-read through a cache that may hold them (a FUSE file system whose device "
+                 "imalinkd may not read, a network file system): not a check of the disk itself")
     return EXIT_OK if report.ok else EXIT_FAILED
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from imalinkd import durable, paths, storage
+from imalinkd import durable, paths, readback, storage
 from sqlalchemy import insert, update
 
 from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
@@ -45,6 +45,7 @@ class Copied:
     copied_at: str
     size: int  # of the bytes read, hashed and written (the scan may have seen another)
     mtime_ns: int  # the source's, unchanged from the start of the read to its end
+    readback: str | None = None  # how its verification re-read it (imalinkd.readback); None: size only
 
 
 @dataclass
@@ -138,6 +139,7 @@ class CopyStage:
         self._last_report = 0.0
         self.copied_now = 0
         self.fatal: str | None = None
+        self.readback: str | None = None  # the weakest re-read of this run's verifications
         self.photos: int | None = None  # Photos of the session, once post-processing built them
         self._pending_images: list[FileEntry] = []
         self._pending_skips: list[SkippedEntry] = []
@@ -236,12 +238,14 @@ class CopyStage:
             except OSError as e:
                 sink.discard()
                 return self._dest_failure(f, "verify", e)
+            how = sink.readback
             if problem is None and self.verify == "paranoid":
                 try:
-                    digest, _ = durable.hash_from_disk(os.path.join(self.source_root, f.rel))
+                    digest, _, source_how = readback.reread_hash(os.path.join(self.source_root, f.rel))
                 except OSError as e:
                     sink.discard()
                     return self._source_failure(f, e)
+                how = readback.weakest(how, source_how)
                 if digest != outcome.sha256:
                     problem = "source re-read gives a different sha256"
             if problem is not None:
@@ -250,7 +254,7 @@ class CopyStage:
             storage_rel = self._commit(sink, f.rel)
             if storage_rel is None:
                 return NotCopied(f, "no free name in the archive for it", fatal=False)
-            return Copied(f, storage_rel, outcome.sha256, storage.iso(storage.utcnow()) or "", outcome.size, w.times_ns[1])
+            return Copied(f, storage_rel, outcome.sha256, storage.iso(storage.utcnow()) or "", outcome.size, w.times_ns[1], how)
         except OSError as e:
             sink.discard()
             return self._dest_failure(f, "commit", e)
@@ -449,6 +453,7 @@ class CopyStage:
         )
         self.manifest.file_manifest.append(entry)
         self._pending_images.append(entry)
+        self.readback = readback.weakest(self.readback, result.readback)
         self.copied_now += 1
         self.progress.files_done += 1
         self._report(force=True)

@@ -17,7 +17,7 @@ import os
 
 from sqlalchemy import select
 
-from imalinkd import durable, locate, paths, storage
+from imalinkd import locate, paths, readback, storage
 from imalinkd.catalog import Catalog, FileCheck, Image, ImportSession
 from imalinkd.manifest import SkippedEntry
 
@@ -80,7 +80,7 @@ class ArchivedCopies:
             if path is None:
                 continue
             try:
-                if durable.hash_from_disk(path) == (sha, size):
+                if readback.reread_hash(path)[:2] == (sha, size):
                     return path
             except OSError:
                 continue

@@ -9,8 +9,10 @@ Guarantees, in the words the rest of the code relies on:
   ``commit`` gives the data its final name, after fsync and verification. An import keeps
   its temporary files in a directory of their own (``TEMP_DIR`` in the session directory,
   beside ``files/``), under names it makes up: no source file name can meet them.
-* ``hash_from_disk``: re-reads a file from the device, not from the page cache (the cached
-  pages are dropped first), so a verification sees what the disk holds.
+* ``hash_dropping_cache``: re-reads a file after dropping its cached pages. On a file system
+  the kernel reads from a block device, that re-read reaches the device; on FUSE it may
+  not: :mod:`imalinkd.readback` decides, drops the device's cache where it can, and says
+  which it was.
 
 An fsync that fails is never retried: after a failed fsync the kernel may have dropped the
 dirty pages, so a retry could "succeed" on lost data. The file then counts as not copied.
@@ -165,8 +167,9 @@ def hash_file(path: str | os.PathLike[str]) -> tuple[str, int]:
         os.close(fd)
 
 
-def hash_from_disk(path: str | os.PathLike[str]) -> tuple[str, int]:
-    """sha256 and size of a file as the device holds it: cached pages are dropped first.
+def hash_dropping_cache(path: str | os.PathLike[str]) -> tuple[str, int]:
+    """sha256 and size of a file re-read after its cached pages were dropped (whether the
+    re-read reached the device depends on the file system: see :mod:`imalinkd.readback`).
     Only a regular file is read, as by :func:`hash_file`."""
     fd = open_regular(path)[0]
     try:
@@ -194,6 +197,7 @@ class Sink:
         self.temp = os.path.join(temp_dir or self.directory, f"{TEMP_PREFIX}{uuid.uuid4().hex[:16]}")
         self.fd = -1
         self.size = 0
+        self.readback: str | None = None  # how verify's re-read was made (imalinkd.readback)
 
     @property
     def directory(self) -> str:
@@ -218,11 +222,14 @@ class Sink:
         self.fd = -1
 
     def verify(self, level: str, sha256: str, size: int) -> str | None:
-        """Check the temporary file against what was written. Returns a problem or None."""
+        """Check the temporary file against what was written. Returns a problem or None;
+        ``readback`` then says how the re-read was made (None: size only, nothing re-read)."""
         if level == "size":
             actual = os.stat(self.temp).st_size
             return None if actual == size else f"size on disk {actual}, wrote {size}"
-        digest, actual = hash_from_disk(self.temp)
+        from imalinkd.readback import reread_hash
+
+        digest, actual, self.readback = reread_hash(self.temp)
         if actual != size:
             return f"size on disk {actual}, wrote {size}"
         if digest != sha256:

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import structlog
 from sqlalchemy import delete, select
 
-from imalinkd import durable, paths, samefiles, shots, sourcelock, storage
+from imalinkd import durable, paths, readback, samefiles, shots, sourcelock, storage
 from imalinkd.catalog import Catalog, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
 from imalinkd.copier import CopyStage, not_archived_summary
@@ -372,6 +372,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         manifest.photos_created = photos
         manifest.other_files = shots.count_shots(e.files_relative for e in manifest.file_manifest)[1]
         manifest.error = run.fatal
+        manifest.readback = readback.weakest(manifest.readback, run.readback)
         if status == "completed":
             manifest.copy_completed_at = storage.iso(now)
         try:
@@ -385,6 +386,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             row = s.get(ImportSession, row_id)
             row.copy_status = status
             row.error = run.fatal
+            row.readback = manifest.readback
             row.skipped_count = len(manifest.skipped) - manifest.duplicates_skipped
             if status == "completed":
                 row.copy_completed_at = now

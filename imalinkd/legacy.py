@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 from sqlalchemy import select, update
 
-from imalinkd import drivefile, durable, manifest as mf, paths, storage
+from imalinkd import drivefile, durable, manifest as mf, paths, readback, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, find_session
 from imalinkd.errors import (
     SessionStateError,
@@ -247,6 +247,7 @@ def adopt(config, catalog: Catalog, session_ref) -> AdoptResult:
     if not source or not os.path.isabs(source) or not is_real_dir(source):
         raise SourceError(path=source or "?", message="the legacy session's source is not reachable; mount it where it was catalogued")
     result = AdoptResult(row.storage_uuid, sdir)
+    how: str | None = None  # the weakest re-read of the verifications (imalinkd.readback)
     files_dir = os.path.join(sdir, "files")
     if os.path.lexists(files_dir) and not is_real_dir(files_dir):
         raise SessionStateError(session=row.storage_uuid, status=row.copy_status, message=f"{files_dir} is not a directory")
@@ -263,7 +264,8 @@ def adopt(config, catalog: Catalog, session_ref) -> AdoptResult:
     for e in m.file_manifest:
         target = os.path.join(sdir, e.storage_path)
         if id(e) not in pending:
-            digest, size = durable.hash_from_disk(target)
+            digest, size, kind = readback.reread_hash(target)
+            how = readback.weakest(how, kind)
             if digest == e.sha256 and size == e.file_size:
                 result.already_there += 1
                 e.copied_at = e.copied_at or now
@@ -285,6 +287,7 @@ def adopt(config, catalog: Catalog, session_ref) -> AdoptResult:
                 continue
             sink.finish((st.st_atime_ns, st.st_mtime_ns))
             problem = sink.verify("sha256", outcome.sha256, outcome.size)
+            how = readback.weakest(how, sink.readback)
             if problem:
                 sink.discard()
                 result.failed.append((e.storage_path, f"verification failed: {problem}"))
@@ -304,13 +307,14 @@ def adopt(config, catalog: Catalog, session_ref) -> AdoptResult:
     m.copy_status = "completed"
     m.copy_completed_at = storage.iso(storage.utcnow())
     m.verification = "sha256"
+    m.readback = how
     m.source = {**m.source, "adopted_at": m.copy_completed_at}
     mf.write_manifest(sdir, m)
     copied_at = {e.files_relative: storage.parse_iso(e.copied_at) for e in m.file_manifest}
     with catalog.session() as s:
         s.execute(update(ImportSession).where(ImportSession.id == row.id).values(
             copy_files=True, copy_status="completed", copy_completed_at=storage.parse_iso(m.copy_completed_at),
-            verification="sha256", missing=False))
+            verification="sha256", readback=how, missing=False))
         for image_id, rel in s.execute(select(Image.id, Image.storage_relative_path).where(Image.session_id == row.id)).all():
             s.execute(update(Image).where(Image.id == image_id).values(copied_at=copied_at.get(rel), size_mismatch=False))
     log.info("adopt_done", session_id=row.storage_uuid, copied=result.copied, bytes=result.copied_bytes)

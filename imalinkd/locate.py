@@ -324,6 +324,8 @@ def storage_status(config, catalog: Catalog, session_row) -> dict:
         "legacy": not row.copy_files,
         "missing": bool(row.missing),
         "total_files": len(images),
+        "verification": row.verification,
+        "readback": row.readback,
         "copies": copies,
     }
     if row.copy_files:

@@ -10,7 +10,7 @@ from typing import Callable
 import structlog
 from sqlalchemy import delete, select
 
-from imalinkd import durable, paths, storage
+from imalinkd import durable, paths, readback, storage
 from imalinkd.catalog import Catalog, Image, ImportSession, StorageRoot, find_session
 from imalinkd.config import Config
 from imalinkd.errors import ImalinkError, SessionBusyError, SessionStateError, StorageError, StorageNotFoundError
@@ -64,14 +64,16 @@ class VerifyReport:
     missing: list[str] = field(default_factory=list)
     inaccessible: list[str] = field(default_factory=list)  # sessions whose drive is away
     sessions: list[str] = field(default_factory=list)
+    readback: str | None = None  # how the re-reads were made, the weakest (imalinkd.readback)
 
     def as_json(self) -> dict:
         return {"ok": self.ok, "checked": self.checked, "damaged": self.damaged, "missing": self.missing,
-                "inaccessible_sessions": self.inaccessible, "sessions": self.sessions}
+                "inaccessible_sessions": self.inaccessible, "sessions": self.sessions, "readback": self.readback}
 
 
 def verify_sessions(config: Config, refs: list[str] | None, *, catalog: Catalog | None = None, progress: Callable[[int, int, str], None] | None = None) -> VerifyReport:
-    """Re-hash archived files from disk against their recorded sha256. ``refs`` None: all."""
+    """Re-hash archived files against their recorded sha256, re-read past the caches where
+    that can be done (``report.readback`` says whether it was). ``refs`` None: all."""
     own = catalog is None
     catalog = catalog or Catalog.open(config)
     report = VerifyReport()
@@ -102,7 +104,8 @@ def verify_sessions(config: Config, refs: list[str] | None, *, catalog: Catalog 
                     progress(i, total, shown)
                 report.checked += 1
                 try:
-                    digest, actual = durable.hash_from_disk(path)
+                    digest, actual, how = readback.reread_hash(path)
+                    report.readback = readback.weakest(report.readback, how)
                 except FileNotFoundError:
                     report.missing.append(shown)
                     continue

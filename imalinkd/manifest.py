@@ -108,6 +108,7 @@ class SessionManifest:
     copy_started_at: str | None = None
     copy_completed_at: str | None = None
     verification: str = "sha256"
+    readback: str | None = None  # how verifications re-read the copies: from-disk | page-cache-possible
     copy_files: bool = True
     photos_created: int = 0
     other_files: int = 0  # files archived that belong to no shot (not photos or videos)
@@ -144,6 +145,7 @@ class SessionManifest:
             copy_started_at=self.copy_started_at,
             copy_completed_at=self.copy_completed_at,
             verification=self.verification,
+            readback=self.readback,
             copy_files=self.copy_files,
             total_files=self.total_files,
             total_size_bytes=self.total_size_bytes,
@@ -371,6 +373,7 @@ def parse_manifest(data: Any, path: str = FILENAME) -> SessionManifest:
         copy_started_at=data.get("copy_started_at") if isinstance(data.get("copy_started_at"), str) else None,
         copy_completed_at=data.get("copy_completed_at") if isinstance(data.get("copy_completed_at"), str) else None,
         verification=str(data.get("verification") or "sha256"),
+        readback=data.get("readback") if data.get("readback") in ("from-disk", "page-cache-possible") else None,
         copy_files=bool(data.get("copy_files", True)),
         photos_created=data.get("photos_created") if drivefile.in_int_range(data.get("photos_created")) else 0,
         other_files=data.get("other_files") if drivefile.in_int_range(data.get("other_files")) else 0,

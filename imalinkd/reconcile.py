@@ -8,7 +8,7 @@ import os
 import structlog
 from sqlalchemy import select
 
-from imalinkd import durable, paths, storage
+from imalinkd import durable, paths, readback, storage
 from imalinkd.catalog import Catalog, Image, ImportSession
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry
 from imalinkd.scan import ScanResult, SourceFile
@@ -65,10 +65,11 @@ def reconcile(catalog: Catalog, row_id: int, session_dir: str, manifest: Session
             if f is None or f.size != size:
                 continue
             try:
-                disk_sha, _ = durable.hash_from_disk(os.path.join(files_dir, rel))
+                disk_sha, _, how = readback.reread_hash(os.path.join(files_dir, rel))
                 src_sha, _ = durable.hash_file(os.path.join(source, rel))
             except OSError:
                 continue
+            manifest.readback = readback.weakest(manifest.readback, how)
             if disk_sha == src_sha:
                 entry = FileEntry(rel, "files/" + rel, size, disk_sha, storage.iso(storage.utcnow()), f.mtime_ns / 1e9)
                 by_rel[rel] = entry

@@ -38,7 +38,7 @@ import structlog
 from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
-from imalinkd import durable, manifest as mf, reading, storage, trust
+from imalinkd import manifest as mf, readback, reading, storage, trust
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json, upsert_storage_root
 from imalinkd.catalog.bulk import RowWriter, fetch_tuples, fsdecoder, indexes_rebuilt_after, is_pysqlite, iso_column
 from imalinkd.errors import StorageError
@@ -299,6 +299,7 @@ def _new_session(drive: DriveState, ds: DriveSession, home: str) -> NewSession:
         "source_fs_uuid": _str(m.source.get("fs_uuid"), 64),
         "source_device": _str(m.source.get("device")),
         "verification": _str(m.verification, 16),
+        "readback": _str(m.readback, 24),
         "copy_files": bool(m.copy_files),
         "total_files": m.total_files,
         "total_size_bytes": total_size,
@@ -438,6 +439,7 @@ class RootReport:
     size_mismatches: int = 0
     notes: list[tuple[str, str]] = field(default_factory=list)
     verified_files: int = 0
+    readback: str | None = None  # how the verify's re-reads were made (imalinkd.readback); None: none made
     health: dict[str, Any] = field(default_factory=dict)
 
     def as_json(self) -> dict[str, Any]:
@@ -688,18 +690,20 @@ def _upsert_root(s, path: str, marker: storage.Marker, health: Mapping[str, Any]
 # --- entry points -----------------------------------------------------------------------------
 
 
-def _verify_drive(root: str, drive: DriveState, progress: Progress = None) -> tuple[int, list[tuple[str, str]]]:
-    """Re-hash every file the manifests list, from disk (not the page cache)."""
-    checked, damaged = 0, []
+def _verify_drive(root: str, drive: DriveState, progress: Progress = None) -> tuple[int, list[tuple[str, str]], str | None]:
+    """Re-hash every file the manifests list, re-read past the caches where that can be
+    done; also returns how the re-reads were made (the weakest, :mod:`imalinkd.readback`)."""
+    checked, damaged, how = 0, [], None
     listed = [(ds, e) for ds in drive.sessions if ds.manifest.copy_files for e in ds.manifest.file_manifest]
     report = ReindexProgress("verifying", root, "files", len(listed), 0, sum(e.file_size for _, e in listed))
     for ds, e in listed:
         if progress is not None:
             report.current_file = os.path.join(ds.dir_name, e.storage_path)
             progress(report)
-        hashed, problem = _verify_file(os.path.join(root, ds.dir_name, e.storage_path), e,
-                                       ds.on_disk.get(e.files_relative) is not None)
+        hashed, problem, kind = _verify_file(os.path.join(root, ds.dir_name, e.storage_path), e,
+                                             ds.on_disk.get(e.files_relative) is not None)
         checked += hashed
+        how = readback.weakest(how, kind)
         if problem is not None:
             damaged.append(problem)
         report.files_done += 1
@@ -707,21 +711,21 @@ def _verify_drive(root: str, drive: DriveState, progress: Progress = None) -> tu
     if progress is not None:
         report.current_file = None
         progress(report)
-    return checked, damaged
+    return checked, damaged, how
 
 
-def _verify_file(path: str, e: mf.FileEntry, present: bool) -> tuple[bool, tuple[str, str] | None]:
-    """Re-hash one file from disk: whether it was hashed, and the damage found as
-    ``(path, reason)`` or None."""
+def _verify_file(path: str, e: mf.FileEntry, present: bool) -> tuple[bool, tuple[str, str] | None, str | None]:
+    """Re-hash one file: whether it was hashed, the damage found as ``(path, reason)`` or
+    None, and how the re-read was made."""
     if not present:
-        return False, (path, "missing")
+        return False, (path, "missing"), None
     try:
-        digest, size = durable.hash_from_disk(path)
+        digest, size, kind = readback.reread_hash(path)
     except OSError as err:
-        return False, (path, f"cannot be read: {err.strerror or err}")
+        return False, (path, f"cannot be read: {err.strerror or err}"), None
     if size != e.file_size or digest != e.sha256:
-        return True, (path, f"sha256 {digest[:12]}… size {size}, manifest says {e.sha256[:12]}… size {e.file_size}")
-    return True, None
+        return True, (path, f"sha256 {digest[:12]}… size {size}, manifest says {e.sha256[:12]}… size {e.file_size}"), kind
+    return True, None, kind
 
 
 def _same_dir(a: str, b: str) -> bool:
@@ -817,8 +821,9 @@ def _index_slices(catalog: Catalog, found: storage.FoundRoot, known: Mapping[str
                                              slice_bytes=reading.SLICE_BYTES, helper_files=reading.HELPER_FILES):
         report.rejected += rejected
         if verify:
-            checked, damaged = _verify_drive(found.path, drive, progress)
+            checked, damaged, how = _verify_drive(found.path, drive, progress)
             rr.verified_files += checked
+            rr.readback = readback.weakest(rr.readback, how)
             report.damaged += damaged
         if progress is not None:
             progress(ReindexProgress("writing_catalog", found.path, files_total=len(drive.sessions), files_done=len(drive.sessions)))

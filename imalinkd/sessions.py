@@ -132,6 +132,8 @@ def session_json(row: ImportSession, storage_path: str | None) -> dict:
         "photos_created": row.photos_created,
         "duplicates_skipped": row.duplicates_skipped,
         "skipped_count": row.skipped_count,
+        "verification": row.verification,
+        "readback": row.readback,
         "original_source_path": paths.display(row.original_source_path) if row.original_source_path else None,
         "source": {k: v for k, v in (("kind", row.source_kind), ("label", row.source_label), ("fs_uuid", row.source_fs_uuid)) if v},
         "copy_files": row.copy_files,

@@ -107,6 +107,8 @@ class ImportSession(Base):
     source_fs_uuid: Mapped[str | None] = mapped_column(String(64), index=True)
     source_device: Mapped[str | None] = mapped_column(Text)
     verification: Mapped[str | None] = mapped_column(String(16))
+    # how the verifications re-read the copies: from-disk, page-cache-possible (imalinkd.readback)
+    readback: Mapped[str | None] = mapped_column(String(24))
     copy_files: Mapped[bool] = mapped_column(Boolean, default=True)  # False: legacy/reference
     total_files: Mapped[int] = mapped_column(Integer, default=0)
     total_size_bytes: Mapped[int] = mapped_column(BigInteger, default=0)
