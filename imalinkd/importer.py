@@ -210,8 +210,9 @@ def import_source(
     own_catalog = catalog is None
     catalog = catalog or Catalog.open(config)
     try:
+        root, marker = open_storage(config, catalog, storage_root)
         with holding_source(config, source, info.fs_uuid, cancel, on_source_wait, lock_source):
-            return _import(config, catalog, source, description, info, storage_root, verify or config.import_.verify, include,
+            return _import(config, catalog, source, description, info, root, marker, verify or config.import_.verify, include,
                            thumbnails, files, cancel, progress, disk_free, template_values)
     finally:
         if own_catalog:
@@ -230,10 +231,9 @@ def holding_source(config: Config, source: str, fs_uuid: str | None = None, canc
         yield
 
 
-def _import(config, catalog, source, description, info, storage_root, verify, include, thumbnails, files, cancel, progress_cb, disk_free,
+def _import(config, catalog, source, description, info, root, marker, verify, include, thumbnails, files, cancel, progress_cb, disk_free,
             template_values) -> ImportResult:
     prog = Progress(source=source)
-    root, marker = open_storage(config, catalog, storage_root)
     include = tuple(include) if include is not None else config.import_.include
     scan = scan_source(source, include, config.import_.exclude, only=files, skip_dirs=[root])
     prog.phase = "database_import"

@@ -47,7 +47,7 @@ def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathL
         # One process at a time decides what a root without a marker is: another one may
         # be making it a root right now (and recording it, which would make it look like
         # an unplugged drive's mount point to a check made without this lock).
-        with sourcelock.exclusive(sourcelock.locks_dir(config), "first-use"):
+        with sourcelock.exclusive(sourcelock.first_use_lock_path(config)):
             marker = _marker_or_first_use(catalog, root)
     if wanted and marker.storage_id != wanted:
         raise StorageError(path=root, message=f"holds storage {marker.storage_id}, but the config asks for {wanted}")

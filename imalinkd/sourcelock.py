@@ -217,16 +217,30 @@ class SourceLock:
         self.fd = -1
 
 
-@contextmanager
-def exclusive(directory: str | os.PathLike[str], name: str) -> Iterator[None]:
-    """An exclusive ``flock`` on ``<directory>/<name>.lock`` for the block: one process at a
-    time across the station (first-use initialisation, say)."""
-    path = Path(directory)
+def first_use_lock_path(config) -> Path:
+    """The lock first-use decisions are made under: the catalog's own ``<catalog>.lock``
+    (the one its migrations take) for a SQLite catalog, else ``locks/first-use.lock``."""
+    from sqlalchemy.engine import make_url
+
     try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd = _open_locked(path / f"{name}.lock", os.O_RDWR | os.O_CREAT, fcntl.LOCK_EX)
+        url = make_url(config.catalog_url)
+        if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+            return Path(f"{url.database}.lock")
+    except Exception:
+        pass
+    return Path(config.daemon.state_dir) / LOCKS_DIR / "first-use.lock"
+
+
+@contextmanager
+def exclusive(path: str | os.PathLike[str]) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` for the block: one process at a time across the
+    station (first-use initialisation, say)."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = _open_locked(path, os.O_RDWR | os.O_CREAT, fcntl.LOCK_EX)
     except OSError as e:
-        raise SourceLockError(path=str(path / f"{name}.lock"), message=e.strerror or str(e)) from None
+        raise SourceLockError(path=str(path), message=e.strerror or str(e)) from None
     try:
         yield
     finally:

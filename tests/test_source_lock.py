@@ -1,13 +1,12 @@
 """One import per source at a time, across processes: two ``import`` commands of one card
 at once give one session, the second saying what it waits for; a lock left by a killed
-process does not hold anyone up. Real processes; the first import is paused (SIGSTOP) at
-a moment it chose, so the two overlap on every run."""
+process does not hold anyone up. Real processes; the first import is held in its first
+file's copy until the second is seen waiting, so the two overlap on every run."""
 
 from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -41,9 +40,28 @@ def cfg(tmp_path) -> Path:
     return p
 
 
-def start_import(cfg: Path, source: Path, err: Path) -> subprocess.Popen:
+# The command line's import; with argv[3] (a directory) it stops in its first file's copy
+# (no catalog transaction open): it creates <dir>/paused, then waits for <dir>/go.
+IMPORT = textwrap.dedent("""
+    import os, sys, time
+    if len(sys.argv) > 3:
+        import imalinkd.durable as durable
+        real = durable.copy_to_sinks
+        def copy_to_sinks(*args, **kwargs):
+            if not os.path.exists(os.path.join(sys.argv[3], "paused")):
+                open(os.path.join(sys.argv[3], "paused"), "w").close()
+                while not os.path.exists(os.path.join(sys.argv[3], "go")):
+                    time.sleep(0.01)
+            return real(*args, **kwargs)
+        durable.copy_to_sinks = copy_to_sinks
+    from imalinkd.cli import main
+    raise SystemExit(main(["--config", sys.argv[1], "import", sys.argv[2], "--json"]))
+""")
+
+
+def start_import(cfg: Path, source: Path, err: Path, pause_dir: Path | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.Popen([sys.executable, "-m", "imalinkd", "--config", str(cfg), "import", str(source), "--json"],
+    return subprocess.Popen([sys.executable, "-c", IMPORT, str(cfg), str(source), *([str(pause_dir)] if pause_dir else [])],
                             cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=err.open("w"), text=True)
 
 
@@ -56,13 +74,12 @@ def sessions(cfg: Path) -> list[dict]:
 @pytest.mark.parametrize("second_source", ["the card", "a folder of it"])
 def test_the_same_card_imported_twice_at_once_gives_one_session(tmp_path, cfg, second_source):
     card = make_card(tmp_path / "card", shots=12, raw_kb=256)
-    first = start_import(cfg, card.root, tmp_path / "first.err")
+    first = start_import(cfg, card.root, tmp_path / "first.err", pause_dir=tmp_path)
     second = None
     try:
-        # the first import has begun copying (its session directory exists): freeze it there
-        wait_until(lambda: any((tmp_path / "archive").glob("2*_import_*")) or first.poll() is not None, "the first import to start")
+        # the first import is copying its first file: hold it there
+        wait_until(lambda: (tmp_path / "paused").exists() or first.poll() is not None, "the first import to start copying")
         assert first.poll() is None, first.communicate()
-        first.send_signal(signal.SIGSTOP)
         source = card.root if second_source == "the card" else card.root / "DCIM"
         second = start_import(cfg, source, tmp_path / "second.err")
         wait_until(lambda: "waiting" in (tmp_path / "second.err").read_text() or second.poll() is not None,
@@ -70,13 +87,13 @@ def test_the_same_card_imported_twice_at_once_gives_one_session(tmp_path, cfg, s
         said = (tmp_path / "second.err").read_text()
         assert second.poll() is None, said
         assert f"pid {first.pid}" in said and str(card.root) in said
-        first.send_signal(signal.SIGCONT)
+        (tmp_path / "go").touch()
         out1, _ = first.communicate(timeout=120)
         out2, _ = second.communicate(timeout=120)
     finally:
+        (tmp_path / "go").touch()
         for proc in (first, second):
             if proc is not None and proc.poll() is None:
-                proc.send_signal(signal.SIGCONT)
                 proc.kill()
                 proc.communicate()
     r1, r2 = json.loads(out1), json.loads(out2)

@@ -16,10 +16,10 @@ depends_on = None
 
 def upgrade() -> None:
     # NULL for sessions imported before: nothing recorded how they were re-read.
-    with op.batch_alter_table('import_sessions', schema=None) as batch_op:
-        batch_op.add_column(sa.Column('readback', sa.String(length=24), nullable=True))
+    op.add_column('import_sessions', sa.Column('readback', sa.String(length=24), nullable=True))
 
 
 def downgrade() -> None:
-    with op.batch_alter_table('import_sessions', schema=None) as batch_op:
-        batch_op.drop_column('readback')
+    # A plain ALTER TABLE … DROP COLUMN (SQLite 3.35+), not a batch copy: the copy drops and
+    # re-creates import_sessions, and with foreign keys on that deletes every image.
+    op.drop_column('import_sessions', 'readback')
