@@ -25,6 +25,7 @@ import errno
 import fcntl
 import os
 import threading
+import time
 from dataclasses import dataclass
 
 from imalinkd import durable, fsinfo
@@ -51,19 +52,24 @@ class Route:
     why: str = ""
 
 
-_ROUTES: dict[int, Route] = {}
+# Decided routes by device number, each kept for a moment only: a device number is reused
+# by the next mount (loop and FUSE numbers are), and an old route would then drop the wrong
+# device's cache and call the re-read one from the disk.
+ROUTE_SECONDS = 2.0
+_ROUTES: dict[int, tuple[float, Route]] = {}
 _ROUTES_LOCK = threading.Lock()
 
 
 def route_for(path: str | os.PathLike[str]) -> Route:
-    """The route for the file system holding ``path`` (decided once per device number)."""
+    """The route for the file system holding ``path``."""
     dev = os.stat(path).st_dev
+    now = time.monotonic()
     with _ROUTES_LOCK:
-        route = _ROUTES.get(dev)
-    if route is None:
+        decided, route = _ROUTES.get(dev, (0.0, None))
+    if route is None or now - decided > ROUTE_SECONDS:
         route = _decide(fsinfo.mount_of(path))
         with _ROUTES_LOCK:
-            _ROUTES[dev] = route
+            _ROUTES[dev] = (now, route)
     return route
 
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from sqlalchemy import inspect
 
 from imalinkd.catalog import Catalog, _head_revision
+from test_check_config import postgres  # noqa: F401 - the fixture
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -177,3 +178,21 @@ def test_two_imports_making_the_default_storage_root_at_once_both_complete(tmp_p
 
     assert {json.loads(out)["copy_status"] for out in (out1, out2)} == {"completed"}
     assert len([p for p in root.iterdir() if p.name.endswith(tuple("0123456789abcdef"))]) == 2
+
+
+def test_processes_opening_a_fresh_postgresql_catalog_at_once_all_open_it(postgres):
+    """The same race on PostgreSQL: the migration runs under an advisory lock, in one transaction."""
+    from test_check_config import SECRET
+
+    url = f"postgresql+psycopg://postgres:{SECRET}@127.0.0.1:{postgres}/postgres"
+    procs = [start_child(url) for _ in range(4)]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0 and out.strip() == "opened", err
+    catalog = Catalog.open(url)
+    try:
+        with catalog.engine.connect() as c:
+            assert c.exec_driver_sql("SELECT version_num FROM alembic_version").scalar() == _head_revision()
+            assert {"import_sessions", "images", "photos", "storage_roots"} <= set(inspect(c).get_table_names())
+    finally:
+        catalog.close()
