@@ -24,8 +24,6 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
-import threading
-import time
 from dataclasses import dataclass
 
 from imalinkd import durable, fsinfo
@@ -52,25 +50,12 @@ class Route:
     why: str = ""
 
 
-# Decided routes by device number, each kept for a moment only: a device number is reused
-# by the next mount (loop and FUSE numbers are), and an old route would then drop the wrong
-# device's cache and call the re-read one from the disk.
-ROUTE_SECONDS = 2.0
-_ROUTES: dict[int, tuple[float, Route]] = {}
-_ROUTES_LOCK = threading.Lock()
-
-
 def route_for(path: str | os.PathLike[str]) -> Route:
-    """The route for the file system holding ``path``."""
-    dev = os.stat(path).st_dev
-    now = time.monotonic()
-    with _ROUTES_LOCK:
-        decided, route = _ROUTES.get(dev, (0.0, None))
-    if route is None or now - decided > ROUTE_SECONDS:
-        route = _decide(fsinfo.mount_of(path))
-        with _ROUTES_LOCK:
-            _ROUTES[dev] = (now, route)
-    return route
+    """The route for the file system holding ``path``, decided afresh each time from the
+    mount table: a device number is reused by the next mount (loop and FUSE numbers are),
+    so a remembered route could drop another device's cache and call the re-read one from
+    the disk."""
+    return _decide(fsinfo.mount_of(path))
 
 
 def _decide(entry) -> Route:
@@ -80,10 +65,6 @@ def _decide(entry) -> Route:
     if fsinfo.is_fuse(entry):
         if device is None:
             return Route(PAGE_CACHE_POSSIBLE, why=f"{entry.fstype} has no block device to read from")
-        try:
-            os.close(os.open(device, os.O_RDONLY | os.O_CLOEXEC))
-        except OSError as e:
-            return Route(PAGE_CACHE_POSSIBLE, why=f"{entry.fstype}: cannot open {device} to drop its cache ({e.strerror})")
         return Route(FROM_DISK, device=device, why=f"{entry.fstype}: {device}'s cache dropped before each re-read")
     if device is not None and entry.fstype in fsinfo.KERNEL_BLOCK_FS:
         return Route(FROM_DISK)

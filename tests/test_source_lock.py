@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from cards import make_card, tree_hashes
+from test_daemon_e2e import make_card as make_exfat_card  # noqa: F401 - the fixture
 from imalinkd import sourcelock
 from imalinkd.sourcelock import Claim, SourceLock, claim_for
 
@@ -152,3 +153,46 @@ def test_which_sources_are_one_source():
     assert not claim("/home/a/photos", dev=2).conflicts_with(claim("/home/a/photos2", dev=2))
     assert claim("/home/a/photos", dev=2).conflicts_with(claim("/home/a", dev=2))
     assert not claim("/srv/x", dev=2).conflicts_with(claim("/srv/x", dev=3))
+
+
+@pytest.mark.slow
+@pytest.mark.root
+def test_a_card_the_command_line_is_importing_makes_the_daemon_wait(tmp_path, make_exfat_card):
+    """The card is mounted twice (as a desktop and the daemon's automounter might): the
+    command line imports it from one mount point, the daemon sees the other. The daemon's
+    job waits for the command line (same file system UUID) and then finds nothing new."""
+    from test_daemon_e2e import Daemon, sessions, wait_for
+
+    card = make_exfat_card("EOS_DIGITAL", shots=6, mb_per_file=0.3)
+    (tmp_path / "media").mkdir()
+    cfg = tmp_path / "imalinkd.toml"
+    cfg.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/catalog.db"\n\n[storage]\nroot = "{tmp_path}/archive"\n\n'
+                   f'[api]\nlisten = ""\n\n[daemon]\nstate_dir = "{tmp_path}/state"\nmount_paths = ["{tmp_path}/media"]\n\n'
+                   '[import]\nthumbnails = false\n')
+    from imalinkd import storage
+
+    storage.init_storage(tmp_path / "archive")
+    card.mount(tmp_path / "desktop")  # not the daemon's business (outside its mount_paths)
+    first = start_import(cfg, tmp_path / "desktop", tmp_path / "first.err", pause_dir=tmp_path)
+    daemon = Daemon(tmp_path, cfg)
+    try:
+        wait_until(lambda: (tmp_path / "paused").exists() or first.poll() is not None, "the command line to start copying")
+        assert first.poll() is None, first.communicate()
+        daemon.start()
+        card.mount(tmp_path / "media" / "EOS_DIGITAL")
+        wait_for(lambda: daemon.has_event("import_waiting_for_source"), 60, "the daemon's job to wait for the command line")
+        waited = next(e for e in daemon.log_events() if e.get("event") == "import_waiting_for_source")
+        assert f"pid {first.pid}" in waited["held_by"]
+        (tmp_path / "go").touch()
+        out, _ = first.communicate(timeout=120)
+        assert first.returncode == 0 and json.loads(out)["copy_status"] == "completed"
+        wait_for(lambda: daemon.has_event("card_already_imported"), 60, "the daemon to find the card imported")
+        ss = sessions(cfg)
+        assert len(ss) == 1 and ss[0]["total_files"] == len(card.files)
+        daemon.stop()
+    finally:
+        (tmp_path / "go").touch()
+        if first.poll() is None:
+            first.kill()
+            first.communicate()
+        daemon.close()
