@@ -193,6 +193,12 @@ def test_import_from_the_browser_then_session_thumbnail_and_rollback(station, br
     context.add_init_script(RECORD_BARS)
     context.set_default_timeout(WAIT_MS)
     page = context.new_page()
+    problems: list[str] = []  # script errors and anything the Content-Security-Policy blocked
+    page.on("pageerror", lambda e: problems.append(f"script error: {e}"))
+    page.on("console", lambda m: problems.append(f"console {m.type}: {m.text}")
+            if m.type == "error" and not m.text.startswith("Failed to load resource") else None)
+    failures: list[tuple[str, int]] = []  # answers of 400 and more (the refused action's 401 is expected)
+    context.on("response", lambda r: failures.append((r.url, r.status)) if r.status >= 400 else None)
 
     # the dashboard, open on loopback
     page.goto(url + "/")
@@ -268,6 +274,9 @@ def test_import_from_the_browser_then_session_thumbnail_and_rollback(station, br
     assert f"Session {failed} rolled back" in page.inner_text(".notice")
     assert api.get(f"/import-sessions/{failed}").status_code == 404
     assert not Path(failed_dir).exists()
+
+    assert not problems, problems
+    assert failures == [(f"{url}/sessions/{failed}/rollback", 401)], failures
 
     # the API docs render with no network beyond this daemon
     page.goto(url + "/docs")
