@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Any, Callable
 
-from imalinkd import __version__, cli_archive, cli_camera
+from imalinkd import __version__, cli_archive, cli_backups, cli_camera
 from imalinkd.errors import ImalinkError, UsageError, human_bytes
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     add("check-config", "validate the config and print the settings in effect", js)
     cli_archive.add_commands(add, js)
     cli_camera.add_commands(add, js)
+    cli_backups.add_commands(add, js)
     return p
 
 
@@ -268,7 +269,9 @@ def cmd_sessions(config, args) -> int:
     catalog = _catalog(config)
     with catalog.session() as s:
         rows = list(s.scalars(select(ImportSession).order_by(ImportSession.created_at.desc(), ImportSession.id.desc())))
-    out = [session_json(r, session_dir_of(config, catalog, r)) for r in rows]
+    from imalinkd.verdict import session_fields
+
+    out = [session_json(r, session_dir_of(config, catalog, r), session_fields(config, catalog, r)) for r in rows]
     if args.status:
         out = [o for o in out if o["copy_status"] == args.status]
     if args.json:
@@ -292,7 +295,10 @@ def cmd_status(config, args) -> int:
     if args.session:
         with catalog.session() as s:
             row = find_session(s, args.session)
+        from imalinkd.verdict import session_fields
+
         st = locate.storage_status(config, catalog, row)
+        st.update(session_fields(config, catalog, row))
         if args.json:
             _print_json(st)
         else:
@@ -301,6 +307,7 @@ def cmd_status(config, args) -> int:
             _say(f"  storage {state}{': ' + st['storage_path'] if st['storage_path'] else ''}")
             _say(f"  {st['files_accessible']}/{st['total_files']} files accessible")
             _say(f"  verified: {describe_verification(st['verification'], st['readback'])}")
+            _say(f"  {st['verdict']}")
         return EXIT_OK
     with catalog.session() as s:
         counts = dict(s.execute(select(ImportSession.copy_status, func.count()).group_by(ImportSession.copy_status)).all())
@@ -483,6 +490,7 @@ COMMANDS: dict[str, Callable[[Any, argparse.Namespace], int]] = {
     "check-config": cmd_check_config,
     **cli_archive.COMMANDS,
     **cli_camera.COMMANDS,
+    **cli_backups.COMMANDS,
 }
 
 

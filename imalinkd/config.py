@@ -56,6 +56,15 @@ class StorageConfig:
     allow_fuse: bool = False  # believe markers found on FUSE mounts (ntfs-3g, exfat-fuse) made by root
     free_space_warning_percent: float = 5.0
     safety_margin_mb: int = 16  # preflight: room needed beyond the planned bytes
+    backups: tuple[str, ...] = ()  # backup archives: paths, or "id:<storage_id>" (DESIGN §8)
+    copies: int | None = None  # verified copies on distinct drives before a source is safe
+
+    @property
+    def copies_wanted(self) -> int:
+        """``copies``, or its default: 2 with backups configured, 1 without."""
+        if self.copies is not None:
+            return self.copies
+        return 2 if self.backups else 1
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
             reader.fail("storage.storage_id", f"{storage.storage_id!r} is not a UUID")
     if storage.search_depth < 0:
         reader.fail("storage.search_depth", "must be 0 or more")
+    _check_backups(reader, storage)
     imp = reader.section(data, "import", ImportConfig)
     reader.check_choice("import.verify", imp.verify, VERIFY_LEVELS)
     reader.check_choice("import.unplugged_duplicates", imp.unplugged_duplicates, UNPLUGGED_DUPLICATES)
@@ -302,6 +312,22 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     if wrong:
         reader.fail(wrong[0][0], "\n  ".join([wrong[0][1], *(f"{key}: {why}" for key, why in wrong[1:])]))
     return config
+
+
+def _check_backups(reader: "_Reader", storage: StorageConfig) -> None:
+    import uuid
+
+    for i, spec in enumerate(storage.backups):
+        if spec.startswith("id:"):
+            try:
+                uuid.UUID(spec[3:])
+            except ValueError:
+                reader.fail(f"storage.backups[{i}]", f"{spec!r}: after 'id:' comes a storage_id (a UUID)")
+        elif not os.path.isabs(spec):
+            reader.fail(f"storage.backups[{i}]", f"{spec!r} is not an absolute path (or 'id:<storage_id>')")
+    if storage.copies is not None and not 1 <= storage.copies <= 1 + len(storage.backups):
+        reader.fail("storage.copies", f"must be between 1 and {1 + len(storage.backups)} (the archive and its "
+                                      f"{len(storage.backups)} backup(s)): more copies than drives is never safe")
 
 
 def _check_api_limits(reader: "_Reader", api: ApiConfig) -> None:

@@ -15,14 +15,16 @@ import queue
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import structlog
 
 from imalinkd import durable, paths, readback, storage
+from imalinkd.backups import finish_copy as backups_finish
 from sqlalchemy import insert, update
 
 from imalinkd.catalog import Catalog, Image, ImportSession, SkippedFile
+from imalinkd.verdict import record_copies
 from imalinkd.config import Config
 from imalinkd.manifest import FileEntry, SessionManifest, SkippedEntry, write_manifest
 from imalinkd.photos import PostProcessor, record_thumbnails, thumbnails_by_shot
@@ -46,6 +48,7 @@ class Copied:
     size: int  # of the bytes read, hashed and written (the scan may have seen another)
     mtime_ns: int  # the source's, unchanged from the start of the read to its end
     readback: str | None = None  # how its verification re-read it (imalinkd.readback); None: size only
+    backups: list = field(default_factory=list)  # the Destinations that verified a copy too
 
 
 @dataclass
@@ -64,6 +67,12 @@ class Written:
     sink: durable.Sink
     outcome: durable.CopyOutcome
     times_ns: tuple[int, int]
+    extra: list = field(default_factory=list)  # (Destination, BackupSink) fed by the same read
+
+    def discard(self) -> None:
+        self.sink.discard()
+        for _dest, sink in self.extra:
+            sink.discard()
 
 
 CHANGED_DURING_COPY = ("changed while it was being copied (its size or modification time moved during the read); "
@@ -113,8 +122,10 @@ class CopyStage:
         cancel: threading.Event | None,
         progress_cb: ProgressCallback | None,
         progress: Progress,
+        backups: list | None = None,
     ) -> None:
         self.config = config
+        self.backups = backups or []  # imalinkd.backups.Destination: the same session on backup archives
         self.catalog = catalog
         self.row_id = session_row_id
         self.session_dir = session_dir
@@ -143,6 +154,7 @@ class CopyStage:
         self.photos: int | None = None  # Photos of the session, once post-processing built them
         self._pending_images: list[FileEntry] = []
         self._pending_skips: list[SkippedEntry] = []
+        self._pending_copies: list[tuple[str, str]] = []  # (path below files/, backup storage_id)
 
     # progress ----------------------------------------------------------------------------
 
@@ -191,19 +203,21 @@ class CopyStage:
                 sink.open()
             except OSError as e:
                 return self._dest_failure(f, "create", e)
-            got = self._stream(f, fd, st, sink, known_sha)
+            w = Written(f, sink, durable.CopyOutcome("", 0), (st.st_atime_ns, st.st_mtime_ns), self._backup_sinks(f))
+            got = self._stream(f, fd, st, [sink] + [b for _d, b in w.extra], known_sha)
             if isinstance(got, NotCopied):
-                sink.discard()
+                w.discard()
                 return got
-            return Written(f, sink, got, (st.st_atime_ns, st.st_mtime_ns))
+            w.outcome = got
+            return w
         finally:
             os.close(fd)
 
-    def _stream(self, f: SourceFile, fd: int, st: os.stat_result, sink: durable.Sink, known_sha: str | None) -> durable.CopyOutcome | NotCopied:
-        """Copy ``fd`` into ``sink``; the bytes count only if the file stayed as it was
-        (size and modification time) from the start of the read to its end."""
+    def _stream(self, f: SourceFile, fd: int, st: os.stat_result, sinks: list[durable.Sink], known_sha: str | None) -> durable.CopyOutcome | NotCopied:
+        """Copy ``fd`` into every sink (one read); the bytes count only if the file stayed
+        as it was (size and modification time) from the start of the read to its end."""
         try:
-            outcome = durable.copy_to_sinks(fd, [sink], on_bytes=self._on_bytes, cancel=self.stop)
+            outcome = durable.copy_to_sinks(fd, sinks, on_bytes=self._on_bytes, cancel=self.stop)
         except durable.SourceIOError as e:
             return self._source_failure(f, e)
         except InterruptedError:
@@ -222,9 +236,36 @@ class CopyStage:
             return NotCopied(f, "changed while it was being imported (hash differs from the planning read)", fatal=False)
         return outcome
 
+    def _backup_sinks(self, f: SourceFile) -> list:
+        """An open sink on every backup still taking files; one that cannot be created here
+        drops out of this session (the verdict then counts one copy fewer)."""
+        out = []
+        for dest in self.backups:
+            if dest.failed:
+                continue
+            sink = durable.BackupSink(os.path.join(dest.files_dir, f.rel), dest.temp_dir)
+            try:
+                sink.open()
+            except OSError as e:
+                sink.discard()
+                dest.fail(f"create: {e.strerror or e}")
+                continue
+            out.append((dest, sink))
+        return out
+
     def finish_one(self, w: Written) -> Copied | NotCopied:
-        """Finisher threads: fsync, verify against a re-read from disk, commit. Runs while
-        the reader is already streaming the next files."""
+        """Finisher threads: fsync, verify against a re-read from disk, commit (on the
+        primary, then on each backup under the same name). Runs while the reader is
+        already streaming the next files."""
+        result = self._finish_primary(w)
+        if isinstance(result, Copied):
+            result.backups = [d for d, sink in w.extra if backups_finish(d, sink, self.verify, w, result.storage_rel)]
+        else:
+            for _d, sink in w.extra:
+                sink.discard()
+        return result
+
+    def _finish_primary(self, w: Written) -> Copied | NotCopied:
         f, sink, outcome = w.file, w.sink, w.outcome
         try:
             try:
@@ -324,7 +365,7 @@ class CopyStage:
             try:
                 results.put(self.finish_one(w))
             except BaseException as e:  # a bug: the file is not copied, the session fails
-                w.sink.discard()
+                w.discard()
                 results.put(NotCopied(w.file, f"internal error: {e.__class__.__name__}: {e}", fatal=True))
             finally:
                 slots.release()
@@ -454,6 +495,9 @@ class CopyStage:
         self.manifest.file_manifest.append(entry)
         self._pending_images.append(entry)
         self.readback = readback.weakest(self.readback, result.readback)
+        for dest in result.backups:
+            dest.record(entry)
+            self._pending_copies.append((entry.files_relative, dest.archive.storage_id))
         self.copied_now += 1
         self.progress.files_done += 1
         self._report(force=True)
@@ -465,8 +509,8 @@ class CopyStage:
         not yet here after a crash are found and kept by resume (:func:`imalinkd.reconcile.reconcile`)."""
         if not self._pending_images and not self._pending_skips:
             return
-        images, skips = self._pending_images, self._pending_skips
-        self._pending_images, self._pending_skips = [], []
+        images, skips, copies = self._pending_images, self._pending_skips, self._pending_copies
+        self._pending_images, self._pending_skips, self._pending_copies = [], [], []
         with self.catalog.session() as s:
             if images:
                 s.execute(insert(Image), [
@@ -485,6 +529,8 @@ class CopyStage:
                 )
             for e in skips:
                 s.add(SkippedFile(session_id=self.row_id, original_path=e.original_path, reason=e.reason, file_size=e.file_size))
+            if copies:
+                record_copies(s, self.row_id, copies)
 
     def checkpoint(self) -> None:
         """Catalog rows, then metadata.json, brought up to what is committed so far."""
@@ -493,3 +539,6 @@ class CopyStage:
             write_manifest(self.session_dir, self.manifest)
         except OSError as e:
             log.warning("manifest_checkpoint_failed", session_id=self.manifest.import_session_id, error=e.strerror)
+        for dest in self.backups:
+            if not dest.failed:
+                dest.write_manifest()

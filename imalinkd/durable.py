@@ -272,6 +272,23 @@ class Sink:
             pass
 
 
+class BackupSink(Sink):
+    """A sink whose failure ends only itself (a backup drive full, pulled or failing): the
+    read goes on feeding the others, and ``error`` says why this one stopped."""
+
+    def __init__(self, target: str, temp_dir: str | None = None) -> None:
+        super().__init__(target, temp_dir)
+        self.error: OSError | None = None
+
+    def write(self, data: memoryview) -> None:
+        if self.error is not None:
+            return
+        try:
+            super().write(data)
+        except OSError as e:
+            self.error = e
+
+
 class SourceIOError(OSError):
     """Reading the source failed (as opposed to writing a destination)."""
 

@@ -26,7 +26,7 @@ from typing import Callable, Iterable
 import structlog
 from sqlalchemy import delete, select
 
-from imalinkd import durable, paths, readback, samefiles, shots, sourcelock, storage
+from imalinkd import backups, durable, paths, readback, samefiles, shots, sourcelock, storage, verdict
 from imalinkd.catalog import Catalog, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
 from imalinkd.copier import CopyStage, not_archived_summary
@@ -99,7 +99,9 @@ class ImportResult:
     new_files: int = 0  # copied by this run (a resume counts only what it copied)
     error: str | None = None
     message: str | None = None
-    source_no_longer_needed: bool = False  # completed, every duplicate checked on a drive now
+    source_no_longer_needed: bool = False  # completed, every duplicate checked on a drive now, and safe
+    verdict: dict = field(default_factory=dict)  # imalinkd.verdict: safe_to_format, copies_verified, short files
+    backups: list[dict] = field(default_factory=list)  # each configured backup: reached or why not
 
     @property
     def ok(self) -> bool:
@@ -122,6 +124,13 @@ class ImportResult:
             "error": self.error,
             "message": self.message,
             "source_no_longer_needed": self.source_no_longer_needed,
+            "safe_to_format": bool(self.verdict.get("safe_to_format")),
+            "copies_verified": self.verdict.get("copies_verified", 0),
+            "copies_wanted": self.verdict.get("copies_wanted", 1),
+            "short_count": self.verdict.get("short_count", 0),
+            "short_files": self.verdict.get("short_files", []),
+            "verdict": self.verdict.get("verdict"),
+            "backups": self.backups,
         }
 
 
@@ -248,7 +257,7 @@ def _import(config, catalog, source, description, info, root, marker, verify, in
         log.info("source_entry_skipped", source=source, path=paths.display(s.rel), reason=s.reason)
     if not plan.to_copy:  # (identical files of the source keep one of them in to_copy)
         log.info("import_nothing_new", source=source, duplicates=len(plan.duplicates), skipped=len(scan.skipped))
-        return _nothing_new(scan, plan, skipped)
+        return _nothing_new(config, catalog, scan, plan, skipped)
     preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free)
     if description is None and template_values is None:  # a folder given by hand: named after it
         description = os.path.basename(source.rstrip("/")) or None
@@ -275,15 +284,39 @@ def _import(config, catalog, source, description, info, root, marker, verify, in
         if isinstance(e, OSError):
             raise StorageError(path=session_dir, message=f"cannot create the session directory: {e.strerror}") from None
         raise
+    dests, backup_report = _open_backups(config, catalog, marker.storage_id, row_id, dirname, manifest, plan.planned_bytes, disk_free)
     log.info("import_started", session_id=sid, source=source, storage_path=session_dir, files=len(plan.to_copy), bytes=plan.planned_bytes,
              duplicates=len(plan.duplicates), skipped=len(scan.skipped), source_kind=info.kind, card_label=info.label, card_uuid=info.fs_uuid)
     prog.session_uuid, prog.storage_path = sid, session_dir
     prog.files_total, prog.bytes_total = len(plan.to_copy), plan.planned_bytes
     return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, plan.known_hashes,
-                            verify, thumbnails, cancel, progress_cb, prog, lock)
+                            verify, thumbnails, cancel, progress_cb, prog, lock, dests, backup_report)
 
 
-def _nothing_new(scan: ScanResult, plan: Plan, skipped: list[SkippedEntry]) -> ImportResult:
+def _open_backups(config, catalog, primary_id, row_id, dirname, manifest, needed, disk_free) -> tuple[list, list[dict]]:
+    """The session's directory on every reachable backup archive with room for it; a report
+    of each configured backup (reached, or why not)."""
+    found, absent = backups.reachable_backups(config, catalog, primary_id)
+    report = [{"backup": a.spec, "reached": False, "reason": a.reason} for a in absent]
+    dests = []
+    for archive in found:
+        try:
+            preflight(archive.root, needed, config.storage.safety_margin_mb, disk_free)
+        except ImalinkError as e:
+            log.warning("backup_not_used", storage_id=archive.storage_id, root=archive.root, reason=str(e))
+            report.append({"backup": archive.root, "storage_id": archive.storage_id, "reached": False, "reason": str(e)})
+            continue
+        dest = backups.open_destination(catalog, archive, row_id, dirname, manifest)
+        if dest is None:
+            report.append({"backup": archive.root, "storage_id": archive.storage_id, "reached": False,
+                           "reason": "the session directory could not be written there"})
+            continue
+        dests.append(dest)
+        report.append({"backup": archive.root, "storage_id": archive.storage_id, "reached": True})
+    return dests, report
+
+
+def _nothing_new(config, catalog, scan: ScanResult, plan: Plan, skipped: list[SkippedEntry]) -> ImportResult:
     """No file to copy: no session. Still not "done" when some of the source could not be
     read, and the source still needed when duplicates were counted unchecked."""
     unread = [(s.rel, s.reason) for s in scan.skipped if s.error]
@@ -296,8 +329,14 @@ def _nothing_new(scan: ScanResult, plan: Plan, skipped: list[SkippedEntry]) -> I
     if unchecked := _unchecked(skipped):
         message += (f"; {unchecked} of them only on a drive that is not plugged in (not checked now): keep the source "
                     f"until that drive has been checked")
+    with catalog.session() as s:
+        v = verdict.judge(s, [(d.file.rel, (d.sha256, d.file.size), None) for d in plan.duplicates], config.storage.copies_wanted)
+    v["safe_to_format"] = v["short_count"] == 0 and not _unchecked(skipped)
+    v["verdict"] = verdict.verdict_text(v)
+    if not v["safe_to_format"]:
+        message += f"; {v['verdict']}"
     return ImportResult(None, None, None, "completed", duplicates_skipped=n, skipped=skipped, message=message,
-                        source_no_longer_needed=not _unchecked(skipped))
+                        source_no_longer_needed=v["safe_to_format"], verdict=v)
 
 
 def _store_same_files_once(plan, source: str, sid: str) -> list[SkippedEntry]:
@@ -347,9 +386,11 @@ def _add_session_row(catalog, sid, session_dir, dirname, marker, description, st
     return row_id
 
 
-def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock) -> ImportResult:
+def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock,
+                     dests=(), backup_report=()) -> ImportResult:
     thumbs = config.import_.thumbnails if thumbnails is None else thumbnails
-    run = CopyStage(config, catalog, row_id, session_dir, manifest, source, scan, verify, config.import_.workers, thumbs, cancel, progress_cb, prog)
+    run = CopyStage(config, catalog, row_id, session_dir, manifest, source, scan, verify, config.import_.workers, thumbs, cancel, progress_cb, prog,
+                    backups=list(dests))
     status = "failed"
     try:
         try:
@@ -382,6 +423,11 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             if status == "completed":
                 status = "failed"
                 run.fatal = f"metadata.json could not be written: {e.strerror}"
+        for dest in dests:
+            for item in backup_report:
+                if item.get("storage_id") == dest.archive.storage_id and dest.failed:
+                    item["dropped"] = dest.failed
+            backups.finish_destination(dest, manifest)
         with _catalog_failure_explained(catalog, manifest.import_session_id, session_dir), catalog.session() as s:
             row = s.get(ImportSession, row_id)
             row.copy_status = status
@@ -395,7 +441,9 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             result.other_files = manifest.other_files
     finally:
         lock.release(remove=status == "completed")
-    prog.source_no_longer_needed = status == "completed" and not _unchecked(manifest.skipped)
+    result.backups = list(backup_report)
+    result.verdict = _verdict(config, catalog, row_id, status)
+    prog.source_no_longer_needed = status == "completed" and not _unchecked(manifest.skipped) and result.verdict.get("safe_to_format", False)
     prog.phase = "done" if status == "completed" else "failed"
     if progress_cb:
         progress_cb(prog)
@@ -406,12 +454,27 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         _remove_temp_dir(session_dir)
         result.message = f"files have been copied to storage; the source is no longer needed ({session_dir})"
         result.source_no_longer_needed = prog.source_no_longer_needed
+        if not result.verdict.get("safe_to_format"):
+            result.message = (f"files have been copied to storage ({session_dir}); {result.verdict.get('verdict')}: it becomes safe "
+                              f"when 'imalinkd replicate' (or the daemon, when the backup drive is plugged in) has copied them")
         if unchecked := _unchecked(manifest.skipped):
             result.message = (f"files have been copied to storage ({session_dir}); {unchecked} duplicate(s) are archived only "
                               f"on a drive that is not plugged in (not checked now): keep the source until that drive has been checked")
     else:
         result.message = f"{result.error}. The session is resumable: 'imalinkd resume {result.session_uuid[:8]}' once the cause is fixed"
     return result
+
+
+def _verdict(config, catalog, row_id: int, status: str) -> dict:
+    """The session's verdict; a catalog failing here says "not safe", never the opposite."""
+    try:
+        with catalog.session() as s:
+            row = s.get(ImportSession, row_id)
+        return verdict.session_verdict(config, catalog, row, status)
+    except ImalinkError as e:
+        log.error("verdict_failed", error=str(e))
+        return {"safe_to_format": False, "copies_verified": 0, "copies_wanted": config.storage.copies_wanted,
+                "verdict": f"not known: {e}"}
 
 
 def _remove_temp_dir(session_dir: str) -> None:

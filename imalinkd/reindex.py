@@ -38,7 +38,7 @@ import structlog
 from sqlalchemy import LargeBinary, delete, insert, select, type_coerce, update
 from sqlalchemy.exc import IntegrityError
 
-from imalinkd import manifest as mf, readback, reading, storage, trust
+from imalinkd import devices, manifest as mf, readback, reading, storage, trust
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json, upsert_storage_root
 from imalinkd.catalog.bulk import RowWriter, fetch_tuples, fsdecoder, indexes_rebuilt_after, is_pysqlite, iso_column
 from imalinkd.errors import StorageError
@@ -684,7 +684,8 @@ def apply_plan(s, plan: ReindexPlan, now: datetime, *, dbapi_inserts: bool = Tru
 
 
 def _upsert_root(s, path: str, marker: storage.Marker, health: Mapping[str, Any], now: datetime, verified: bool) -> None:
-    upsert_storage_root(s, marker.storage_id, marker.label, path, now, health.get("free_bytes"), health.get("total_bytes"), verified)
+    upsert_storage_root(s, marker.storage_id, marker.label, path, now, health.get("free_bytes"), health.get("total_bytes"), verified,
+                        device_key=devices.device_key(path))
 
 
 # --- entry points -----------------------------------------------------------------------------

@@ -11,7 +11,7 @@ import psutil
 import structlog
 from sqlalchemy import select
 
-from imalinkd import locate, paths, sourcelock, storage
+from imalinkd import devices, locate, paths, sourcelock, storage
 from imalinkd.catalog import Catalog, ImportSession, StorageRoot, upsert_storage_root
 from imalinkd.config import Config
 from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
@@ -81,7 +81,8 @@ def record_root(catalog: Catalog, root: str, marker: storage.Marker) -> None:
     except OSError:
         free = total = None
     with catalog.session() as s:
-        upsert_storage_root(s, marker.storage_id, marker.label, root, storage.utcnow(), free, total)
+        upsert_storage_root(s, marker.storage_id, marker.label, root, storage.utcnow(), free, total,
+                            device_key=devices.device_key(root))
 
 
 def session_dir_of(config: Config, catalog: Catalog, row: ImportSession) -> str | None:
@@ -113,8 +114,13 @@ def effective_status(row: ImportSession) -> str:
     return row.copy_status
 
 
-def session_json(row: ImportSession, storage_path: str | None) -> dict:
-    """The JSON shape of a session in ``sessions``/``import`` output (DESIGN §6)."""
+def session_json(row: ImportSession, storage_path: str | None, verdict: dict | None = None) -> dict:
+    """The JSON shape of a session in ``sessions``/``import`` output (DESIGN §6), with its
+    verdict (:func:`imalinkd.verdict.session_fields`) when given."""
+    return {**_session_fields(row, storage_path), **(verdict or {})}
+
+
+def _session_fields(row: ImportSession, storage_path: str | None) -> dict:
     return {
         "id": row.id,
         "import_session_id": row.storage_uuid,

@@ -48,7 +48,7 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse
 
-from imalinkd import __version__, paths, redact
+from imalinkd import __version__, paths, redact, verdict
 from imalinkd.api import auth, web
 from imalinkd.api.hosts import HostCheck, host_policy
 from imalinkd.api.hub import ProgressHub, seed_phase
@@ -498,7 +498,7 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
         return locate.session_path(config, catalog, row)
 
     def session_body(row: ImportSession, sdir: str | None) -> dict:
-        body = importer.session_json(row, sdir)
+        body = importer.session_json(row, sdir, verdict.session_fields(config, catalog, row))
         with catalog.session() as s:
             n_images = s.scalar(select(func.count(Image.id)).where(Image.session_id == row.id)) or 0
             n_photos = s.scalar(select(func.count(Photo.id)).where(Photo.session_id == row.id)) or 0
@@ -589,7 +589,8 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
             rows = [r for r in rows if importer.effective_status(r) == status]
         rows = rows[offset: offset + limit if limit else None]
         scan = locate._Scan(config.storage.search_depth)
-        return [importer.session_json(r, locate.session_path(config, catalog, r, scan)) for r in rows]
+        return [importer.session_json(r, locate.session_path(config, catalog, r, scan), verdict.session_fields(config, catalog, r))
+                for r in rows]
 
     @app.get("/import-sessions/{session_id}", tags=["sessions"], dependencies=[Read], summary="One session with counts and phase")
     def get_session(session_id: SessionRef) -> dict:

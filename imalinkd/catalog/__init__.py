@@ -15,11 +15,11 @@ from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from imalinkd.catalog.models import Base, FileCheck, Image, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
+from imalinkd.catalog.models import Base, FileCheck, Image, ImageCopy, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
 from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError, human_bytes
 
 __all__ = [
-    "Base", "Catalog", "FileCheck", "Image", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
+    "Base", "Catalog", "FileCheck", "Image", "ImageCopy", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -234,7 +234,7 @@ def find_session(s: Session, ref: str | int) -> ImportSession:
 
 
 def upsert_storage_root(s: Session, storage_id: str, label: str, path: str, now, free_bytes: int | None,
-                        total_bytes: int | None, verified: bool = False) -> StorageRoot:
+                        total_bytes: int | None, verified: bool = False, device_key: str | None = None) -> StorageRoot:
     """Record that the root ``storage_id`` was seen at ``path`` now (information only: the
     live path is always resolved again from the marker)."""
     row = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == storage_id)).first()
@@ -247,4 +247,6 @@ def upsert_storage_root(s: Session, storage_id: str, label: str, path: str, now,
     row.free_bytes, row.total_bytes = free_bytes, total_bytes
     if verified:
         row.last_verified_at = now
+    if device_key:
+        row.device_key = device_key
     return row

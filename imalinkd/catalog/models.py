@@ -85,6 +85,9 @@ class StorageRoot(Base):
     scrub_pass_seq: Mapped[int | None] = mapped_column(BigInteger)
     scrub_passes: Mapped[int | None] = mapped_column(Integer)
     last_scrub_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The physical drive the root was last seen on (:func:`imalinkd.devices.device_key`):
+    # roots with one key count as one copy. NULL: not known yet (the storage_id stands in).
+    device_key: Mapped[str | None] = mapped_column(Text)
 
 
 class ImportSession(Base):
@@ -236,3 +239,16 @@ class FileCheck(Base):
     seq: Mapped[int] = mapped_column(BigInteger)  # the drive's scrub_seq when it was checked
     result: Mapped[str] = mapped_column(String(16), index=True)  # ok | damaged | missing | unreadable
     detail: Mapped[str | None] = mapped_column(Text)
+
+
+class ImageCopy(Base):
+    """A verified copy of an archived file on a drive other than its session's home root
+    (a backup archive): written, fsynced and read back there, or replicated later."""
+
+    __tablename__ = "image_copies"
+    __table_args__ = (UniqueConstraint("image_id", "storage_id", name="uq_image_copies_image_storage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    storage_id: Mapped[str] = mapped_column(String(36), index=True)
+    verified_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
