@@ -139,6 +139,9 @@ class CardPolicy:
     verify: str | None = None
     thumbnails: bool | None = None
     after_import: str = "none"
+    # when after_import happens: "safe" (every file has [storage] copies verified copies on
+    # distinct drives) or "copied" (imported and verified once, on the primary)
+    after_import_when: str = "safe"
     enabled: bool = True  # false: matching cards are ignored
 
 
@@ -282,6 +285,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
     for i, raw in enumerate(reader.array(data, "card")):
         card = reader.build(raw, CardPolicy, f"card[{i}]")
         reader.check_choice(f"card[{i}].after_import", card.after_import, CARD_AFTER_IMPORT)
+        reader.check_choice(f"card[{i}].after_import_when", card.after_import_when, ("safe", "copied"))
         if card.verify is not None:
             reader.check_choice(f"card[{i}].verify", card.verify, VERIFY_LEVELS)
         cards.append(card)

@@ -107,6 +107,18 @@ class ImportResult:
     def ok(self) -> bool:
         return self.copy_status == "completed"
 
+    @property
+    def safe_to_format(self) -> bool:
+        return bool(self.verdict.get("safe_to_format"))
+
+    @property
+    def copies_verified(self) -> int:
+        return int(self.verdict.get("copies_verified", 0))
+
+    @property
+    def copies_wanted(self) -> int:
+        return int(self.verdict.get("copies_wanted", 1))
+
     def as_json(self) -> dict:
         return {
             "import_session_id": self.session_uuid,
@@ -124,9 +136,9 @@ class ImportResult:
             "error": self.error,
             "message": self.message,
             "source_no_longer_needed": self.source_no_longer_needed,
-            "safe_to_format": bool(self.verdict.get("safe_to_format")),
-            "copies_verified": self.verdict.get("copies_verified", 0),
-            "copies_wanted": self.verdict.get("copies_wanted", 1),
+            "safe_to_format": self.safe_to_format,
+            "copies_verified": self.copies_verified,
+            "copies_wanted": self.copies_wanted,
             "short_count": self.verdict.get("short_count", 0),
             "short_files": self.verdict.get("short_files", []),
             "verdict": self.verdict.get("verdict"),

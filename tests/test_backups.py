@@ -177,3 +177,41 @@ def test_safe_names_the_file_missing_from_the_backup(tmp_path, images):  # noqa:
     assert human.returncode == 1 and "IMG_0777.JPG" in human.stdout and "no longer needed" not in human.stdout
     assert source_verdict(config_for(tmp_path, primary, backups=[str(backup)], copies=1), Catalog.open(config_for(tmp_path, primary)),
                           str(card.root))["safe_to_format"] is True
+
+
+# --- the daemon: a card not yet safe stays mounted; the backup plugged in is caught up -----------
+
+
+def test_daemon_catches_up_a_backup_plugged_in_and_then_lets_the_card_go(tmp_path):
+    from namespaces import MountNamespace
+    from test_daemon_drives import Daemon, card_image, env, wait_for
+    from test_hostile_drives import ext4_from_tree
+
+    ns = MountNamespace()
+    daemon = None
+    try:
+        backup_id = storage.init_storage(str(tmp_path / "tree" / "photos"), "BACKUP").storage_id
+        backup_image = ext4_from_tree(tmp_path / "backup.img", tmp_path / "tree")
+        storage.init_storage(str(tmp_path / "archive"), "PRIMARY")
+        card, image = card_image(tmp_path)
+        daemon = Daemon(ns, tmp_path, watched=("media", "drives"), storage_keys=f'backups = ["id:{backup_id}"]\ncopies = 2',
+                        extra='[[card]]\nafter_import = "unmount"')
+        card_mount = tmp_path / "media" / "EOS_DIGITAL"
+        ns.mount_exfat(image, card_mount)
+        wait_for(lambda: daemon.has_event("card_not_yet_safe"), 120, "the card imported, not yet safe")
+        [session] = daemon.completed_sessions()
+        assert session["safe_to_format"] is False and session["copies_verified"] == 1
+        assert "not yet safe: 1 of 2 copies" in next(e for e in daemon.events() if e.get("event") == "card_not_yet_safe")["message"]
+        assert str(card_mount) in ns.run("cat", f"/proc/{daemon.proc.pid}/mountinfo")  # left mounted
+        ns.mount_loop(backup_image, tmp_path / "drives" / "BACKUP")
+        wait_for(lambda: daemon.has_event("backup_catch_up_done"), 120, "the backup caught up")
+        wait_for(lambda: daemon.has_event("card_safe_to_format"), 60, "the verdict turned safe")
+        wait_for(lambda: str(card_mount) not in ns.run("cat", f"/proc/{daemon.proc.pid}/mountinfo"), 60, "the card unmounted")
+        [session] = daemon.completed_sessions()
+        assert session["safe_to_format"] is True and session["copies_verified"] == 2
+        files = ns.run("find", str(tmp_path / "drives" / "BACKUP" / "photos" / session["storage_directory_name"] / "files"), "-type", "f")
+        assert len(files.splitlines()) == len(card.files)
+    finally:
+        if daemon is not None:
+            daemon.stop()
+        ns.close()

@@ -42,7 +42,8 @@ def env() -> dict[str, str]:
 class Daemon:
     """``imalinkd run`` in the namespace, its JSON log lines in a file."""
 
-    def __init__(self, ns: MountNamespace, workdir: Path, watched: tuple[str, ...] = ("",), daemon_keys: str = "") -> None:
+    def __init__(self, ns: MountNamespace, workdir: Path, watched: tuple[str, ...] = ("",), daemon_keys: str = "",
+                 storage_keys: str = "", extra: str = "") -> None:
         self.workdir = workdir
         self.config = workdir / "imalinkd.toml"
         self.config.write_text(f"""
@@ -51,6 +52,7 @@ url = "sqlite:///{workdir}/catalog.db"
 
 [storage]
 root = "{workdir}/archive"
+{storage_keys}
 
 [api]
 listen = ""
@@ -64,6 +66,7 @@ mount_paths = {json.dumps([str(workdir / w).rstrip("/") for w in watched])}
 
 [import]
 thumbnails = false
+{extra}
 """)
         (workdir / "archive").mkdir(exist_ok=True)
         self.log_path = workdir / "daemon.log"

@@ -43,13 +43,23 @@ class DriveJobResult:
     exit_code: int | None = None
 
 
-def reindex_command(config_path: str | None, root: str) -> list[str]:
-    """``imalinkd reindex --json ROOT`` with this interpreter and this package."""
+def _command(config_path: str | None, *command: str) -> list[str]:
+    """``imalinkd COMMAND…`` with this interpreter and this package."""
     package_parent = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     boot = (f"import sys; sys.path.insert(0, {package_parent!r}); from imalinkd.cli import main; "
             "sys.exit(main(sys.argv[1:]))")
     args = ["--config", config_path] if config_path else []
-    return [sys.executable, "-c", boot, *args, "reindex", "--json", root]
+    return [sys.executable, "-c", boot, *args, *command]
+
+
+def reindex_command(config_path: str | None, root: str) -> list[str]:
+    """``imalinkd reindex --json ROOT``."""
+    return _command(config_path, "reindex", "--json", root)
+
+
+def replicate_command(config_path: str | None) -> list[str]:
+    """``imalinkd replicate --all --json``: the backup archives' catch-up (DESIGN §8)."""
+    return _command(config_path, "replicate", "--all", "--json")
 
 
 def _stop(proc: subprocess.Popen, reaped: threading.Event) -> bool:
@@ -69,8 +79,21 @@ def run_reindex(config_path: str | None, root: str, *, cancel: threading.Event, 
     """Reindex the storage root ``root`` in a child process; see the module's docstring.
     Returns when the child is done, or stopped (``cancel``: the daemon stops; ``preempt``:
     an import waits), or over its time."""
+    return run_child(reindex_command(config_path, root), root, cancel=cancel, preempt=preempt, limit_seconds=limit_seconds)
+
+
+def run_replicate(config_path: str | None, *, cancel: threading.Event, preempt: threading.Event,
+                  limit_seconds: float) -> DriveJobResult:
+    """Copy what the backup archives are short of, in a child process, like a reindex (a
+    stopped catch-up is taken up by the next: what it committed is found and counted)."""
+    return run_child(replicate_command(config_path), "backups", cancel=cancel, preempt=preempt, limit_seconds=limit_seconds)
+
+
+def run_child(command: list[str], root: str, *, cancel: threading.Event, preempt: threading.Event,
+              limit_seconds: float) -> DriveJobResult:
+    """Run one drive job's ``command`` (its JSON report on stdout) with these bounds."""
     try:
-        proc = subprocess.Popen(reindex_command(config_path, root), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+        proc = subprocess.Popen(command, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=None, close_fds=True, start_new_session=True)
     except OSError as e:
         log.error("drive_job_failed", storage_root=root, error=str(e))

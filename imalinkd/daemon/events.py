@@ -103,6 +103,9 @@ class JobFinished:
     key: str
     outcome: str  # completed | nothing_new | failed | waiting_for_storage | cancelled
     session_uuid: str | None = None
+    safe: bool | None = None  # a card's verdict: safe to format (DESIGN §8)
+    verdict: str | None = None  # the verdict in words ("not yet safe: 1 of 2 copies …")
+    report: object = None  # a drive job's JSON report (a catch-up's copies)
 
 
 Event = (

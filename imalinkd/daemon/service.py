@@ -105,10 +105,13 @@ def outcome_of(result: Any) -> str:
     return "failed"
 
 
-def after_import_action(policy_after: str, outcome: str) -> str | None:
+def after_import_action(policy_after: str, outcome: str, safe: bool | None = True, when: str = "safe") -> str | None:
     """What to do with a card once its job ended: only after success (or nothing new),
-    never after a failure, which must leave the card where it is for the resume."""
+    never after a failure, which must leave the card where it is for the resume; and with
+    ``when = "safe"`` (the default) only once the card is safe to format (DESIGN §8)."""
     if outcome not in ("completed", "nothing_new"):
+        return None
+    if when == "safe" and not safe:
         return None
     return policy_after if policy_after in ("unmount", "power-off") else None
 
@@ -189,6 +192,7 @@ class Job:
     thread: threading.Thread | None = None
     preempt: threading.Event = field(default_factory=threading.Event)  # a drive job: an import waits for it
     roots: tuple[Path, ...] = ()  # a drive job: the storage roots it reindexes
+    task: str = "reindex"  # a drive job: reindex | replicate (the backups' catch-up)
     mount_point: Path | None = None
     card: CardJob | None = None
     batch: DropBatchSettled | None = None
@@ -216,6 +220,7 @@ class DaemonState:
     automounted: dict[str, Path] = field(default_factory=dict)  # device -> mount point
     progress: dict[str, str] = field(default_factory=dict)
     last_note: str = ""  # shown in an idle STATUS=: what the last card turned out to be
+    unsafe: dict[str, tuple[CardJob, str]] = field(default_factory=dict)  # card key -> (card, session): left mounted, not yet safe
 
 
 def _importer():
@@ -612,7 +617,7 @@ class Daemon:
         if job is None:
             return
         if job.kind == "reindex":
-            self._drive_job_finished(job, event.outcome)
+            self._drive_job_finished(job, event)
         if job.kind == "reindex" and event.outcome == "completed" and self.scrubs is not None:
             record = self.state.mounts.get(job.mount_point)
             if record is not None:  # still plugged in: scrub a slice of it now that the catalog knows it
@@ -625,9 +630,7 @@ class Daemon:
                 if card.mount_point in self.state.mounts:
                     self.state.waiting[card.key] = card
                     log.warning("card_waiting_for_archive", label=card.identity.label, card_uuid=card.identity.fs_uuid)
-            action = after_import_action(card.policy.after_import, event.outcome)
-            if action:
-                self._after_import(card, action)
+            self._card_verdict(card, event)
             later = self.state.deferred.pop(card.key, None)
             if later is not None and later.mount_point in self.state.mounts and not self.stopping.is_set():
                 self._start_card_job(later)
@@ -779,7 +782,8 @@ class Daemon:
                 duplicates_skipped=getattr(result, "duplicates_skipped", None),
                 storage_path=str(getattr(result, "storage_path", "") or ""),
             )
-        return JobFinished(job.key, outcome, session)
+        verdict = getattr(result, "verdict", None) or {}
+        return JobFinished(job.key, outcome, session, safe=bool(verdict.get("safe_to_format")), verdict=verdict.get("verdict"))
 
     def _import_card(self, engine: Any, job: Job, card: CardJob, config: Config, blog: Any) -> Any:
         resumable = engine.find_resumable_session(self.catalog, card.identity.fs_uuid, card.identity.label)
@@ -889,16 +893,97 @@ class Daemon:
                 log.info("drive_job_preempted", job=job.key, reason="an import is waiting; the reindex runs again after it")
                 job.preempt.set()
 
-    def _drive_job_finished(self, job: Job, outcome: str) -> None:
+    def _drive_job_finished(self, job: Job, event: JobFinished) -> None:
         """After a drive job: run a preempted one again (it waits at the gate for the
-        imports); a drive over its time or stuck is left until it is plugged in again."""
-        mp = job.mount_point
+        imports); a drive over its time or stuck is left until it is plugged in again. A
+        drive reindexed, with backups configured: the catch-up runs next (same lane)."""
+        mp, outcome = job.mount_point, event.outcome
+        if job.task == "replicate":
+            self._replicate_finished(job, event)
+        elif outcome == "completed" and self.config.storage.backups and not self.stopping.is_set():
+            self._start_replicate(mp)
         if outcome == "preempted" and mp is not None and mp in self.state.mounts and not self.stopping.is_set():
-            self._start_reindex(mp, job.roots)
+            if job.task == "replicate":
+                self._start_replicate(mp)
+            else:
+                self._start_reindex(mp, job.roots)
         elif outcome == "timed_out":
             log.error("drive_job_timed_out", mount_point=str(mp), limit_seconds=self.config.daemon.drive_job_seconds,
                       message="the drive was not reindexed within [daemon] drive_job_seconds; imports go on. "
                               "Run 'imalinkd reindex' on it by hand, or raise the limit and plug it in again")
+
+    # -- the verdict and the backups' catch-up (DESIGN §8) --
+
+    def _card_verdict(self, card: CardJob, event: JobFinished) -> None:
+        """After a card's job: its after_import action when the verdict allows it; else the
+        card stays mounted and the status says why, until a catch-up makes it safe."""
+        policy_ = card.policy
+        action = after_import_action(policy_.after_import, event.outcome, event.safe, policy_.after_import_when)
+        if action:
+            self.state.unsafe.pop(card.key, None)
+            self._after_import(card, action)
+        elif event.outcome in ("completed", "nothing_new") and not event.safe:
+            note = f"card {card.identity.name} left mounted: {event.verdict or 'not yet safe'}"
+            self.state.last_note = note
+            log.warning("card_not_yet_safe", label=card.identity.label, card_uuid=card.identity.fs_uuid, verdict=event.verdict,
+                        message=f"{note}; it becomes safe when the backup drive is plugged in and caught up")
+            if event.session_uuid:
+                self.state.unsafe[card.key] = (card, event.session_uuid)
+
+    def _start_replicate(self, mount_point: Path | None) -> None:
+        """The backups' catch-up in the drive-job lane: a child process, bounded in time,
+        stopped whenever a card import waits (:mod:`imalinkd.daemon.drivejobs`)."""
+        key = "replicate:backups"
+        if key in self.state.jobs:
+            return
+        limit = self.config.daemon.drive_job_seconds
+
+        def body(job: Job) -> JobFinished:
+            done = drivejobs.run_replicate(self.config_path, cancel=job.cancel, preempt=job.preempt, limit_seconds=limit)
+            return JobFinished(job.key, done.outcome, report=done.report)
+
+        self._start_job(Job(key=key, name="backup catch-up", kind="reindex", task="replicate", cancel=threading.Event(),
+                            mount_point=mount_point), body)
+
+    def _replicate_finished(self, job: Job, event: JobFinished) -> None:
+        report = event.report if isinstance(event.report, dict) else {}
+        copied = int(report.get("copied") or 0)
+        if event.outcome == "completed":
+            log.info("backup_catch_up_done", files=copied, sessions=len(report.get("sessions") or []),
+                     problems=report.get("problems") or [])
+        if copied:
+            self.state.last_note = f"backup catch-up done: {copied} file(s) copied"
+            self._on_caught_up(report)
+        self._recheck_unsafe()
+
+    def _on_caught_up(self, report: dict) -> None:
+        """Where the user is told that a backup caught up (notifications plug in here)."""
+
+    def _recheck_unsafe(self) -> None:
+        """Cards left mounted because they were not yet safe: their verdict again, and the
+        after_import action for those that are safe now."""
+        from imalinkd.verdict import session_verdict
+        from imalinkd.catalog import find_session
+
+        for key, (card, sid) in list(self.state.unsafe.items()):
+            if card.mount_point not in self.state.mounts or self.catalog is None:
+                self.state.unsafe.pop(key, None)
+                continue
+            try:
+                with self.catalog.session() as s:
+                    row = find_session(s, sid)
+                v = session_verdict(self.config, self.catalog, row)
+            except ImalinkError as e:
+                log.warning("verdict_failed", session_id=sid, error=str(e))
+                continue
+            if not v["safe_to_format"]:
+                continue
+            self.state.unsafe.pop(key, None)
+            self.state.last_note = f"card {card.identity.name} is safe to format now"
+            log.info("card_safe_to_format", label=card.identity.label, card_uuid=card.identity.fs_uuid, session_id=sid)
+            action = after_import_action(card.policy.after_import, "completed", True, card.policy.after_import_when)
+            if action:
+                self._after_import(card, action)
 
     # -- after import --
 
