@@ -38,6 +38,16 @@ class Archive:
     storage_id: str
     label: str
     device_key: str | None
+    dev: int = -1  # st_dev of the root when it was found: writes go only onto that file system
+
+    def still_there(self, path: str | None = None) -> bool:
+        """Is ``path`` (default: the root) still on the drive the root was found on? A drive
+        pulled meanwhile leaves its bare mount point, on another file system: nothing is
+        written there."""
+        try:
+            return os.stat(path or self.root).st_dev == self.dev
+        except OSError:
+            return False
 
 
 @dataclass
@@ -88,7 +98,7 @@ def archive_at(root: str) -> Archive | None:
         return None
     if marker is None:
         return None
-    return Archive(root, marker.storage_id, marker.label, devices.device_key(root))
+    return Archive(root, marker.storage_id, marker.label, devices.device_key(root), os.stat(root).st_dev)
 
 
 def _resolve(config, catalog: Catalog, spec: str) -> Archive | Absent:
@@ -106,7 +116,7 @@ def _resolve(config, catalog: Catalog, spec: str) -> Archive | Absent:
     if marker is None:
         return Absent(spec, f"no storage marker at {root}: the drive is not mounted there (or run "
                             f"'imalinkd init-storage {root}' once to make it a backup archive)")
-    return Archive(root, marker.storage_id, marker.label, devices.device_key(root))
+    return Archive(root, marker.storage_id, marker.label, devices.device_key(root), os.stat(root).st_dev)
 
 
 def reachable_backups(config, catalog: Catalog, primary_id: str | None) -> tuple[list[Archive], list[Absent]]:
@@ -146,7 +156,11 @@ def open_destination(catalog: Catalog, archive: Archive, session_row_id: int, di
     manifest = copy.copy(primary)
     manifest.file_manifest = []
     manifest.skipped = list(primary.skipped)
+    if not archive.still_there():
+        log.warning("backup_not_written", storage_id=archive.storage_id, root=archive.root, error="the drive went away")
+        return None
     try:
+        os.mkdir(session_dir)
         os.makedirs(os.path.join(session_dir, "files"), exist_ok=True)
         os.makedirs(os.path.join(session_dir, durable.TEMP_DIR), exist_ok=True)
         durable.fsync_dir(archive.root)
@@ -193,6 +207,10 @@ def finish_copy(dest: Destination, sink: durable.BackupSink, level: str, written
         sink.discard()
         if sink.error is not None:
             dest.fail(f"write: {sink.error.strerror or sink.error}")
+        return False
+    if not dest.archive.still_there(dest.session_dir):
+        sink.discard()
+        dest.fail("the backup drive went away")
         return False
     try:
         sink.finish(written.times_ns)

@@ -243,6 +243,9 @@ class CopyStage:
         for dest in self.backups:
             if dest.failed:
                 continue
+            if not dest.archive.still_there(dest.session_dir):
+                dest.fail("the backup drive went away")
+                continue
             sink = durable.BackupSink(os.path.join(dest.files_dir, f.rel), dest.temp_dir)
             try:
                 sink.open()

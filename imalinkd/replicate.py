@@ -122,6 +122,9 @@ def _backup_manifest(row: ImportSession, session_dir: str, home: SessionManifest
 
 def _to_backup(catalog, row, home_dir, home_manifest, archive, images, report) -> None:
     session_dir = os.path.join(archive.root, row.storage_directory_name)
+    if not archive.still_there():
+        report.problems.append(f"backup {archive.root}: the drive went away")
+        return
     os.makedirs(os.path.join(session_dir, "files"), exist_ok=True)
     temp_dir = os.path.join(session_dir, durable.TEMP_DIR)
     os.makedirs(temp_dir, exist_ok=True)
