@@ -215,3 +215,21 @@ def test_daemon_catches_up_a_backup_plugged_in_and_then_lets_the_card_go(tmp_pat
         if daemon is not None:
             daemon.stop()
         ns.close()
+
+
+def test_a_backup_pulled_mid_import_drops_out_and_nothing_lands_on_its_bare_mount_point(tmp_path, images):  # noqa: F811
+    primary, backup, _img = two_drives(tmp_path, images)
+    card = make_card(tmp_path / "card", shots=12, raw_kb=64)
+    config = config_for(tmp_path, primary, backups=[str(backup)], copies=2)
+    pulled = []
+
+    def pull_after_first_file(p) -> None:
+        if p.files_done >= 1 and not pulled:
+            pulled.append(subprocess.run(["umount", "-l", str(backup)], check=True))
+
+    result = import_source(config, str(card.root), thumbnails=False, progress=pull_after_first_file)
+    assert pulled and result.copy_status == "completed", result
+    assert session_tree(primary, result.storage_directory_name) == card.files
+    out = result.as_json()
+    assert out["safe_to_format"] is False and out["copies_verified"] == 1 and not result.source_no_longer_needed
+    assert os.listdir(backup) == []  # the bare mount point got nothing
