@@ -97,9 +97,10 @@ def test_one_read_of_the_card_feeds_both_archives_byte_exact(tmp_path, images): 
     out = result.as_json()
     assert out["safe_to_format"] is True and out["copies_verified"] == 2 and out["short_files"] == [], out
     assert result.source_no_longer_needed and "no longer needed" in result.message
-    # the card was read once, as much as for one archive (the file system reads whole
-    # clusters and ahead, so the files' sizes are only the lower bound)
-    assert card.total_bytes <= read <= 1.1 * one_read, (read, one_read, card.total_bytes)
+    # the card was read once, about as much as for one archive (the file system reads whole
+    # clusters and ahead, by amounts that vary from run to run, so the files' sizes are only
+    # the lower bound; a second read of the card would be twice the yardstick)
+    assert card.total_bytes <= read < 1.5 * one_read, (read, one_read, card.total_bytes)
     name = result.storage_directory_name
     assert session_tree(primary, name) == session_tree(backup, name) == card.files
     for root in (primary, backup):
