@@ -1,8 +1,8 @@
 """Which archived copy a new file may count as a duplicate of (DESIGN §7).
 
 A file is a duplicate only when an archived copy with its sha256 is reachable now, still has
-the recorded size and is not flagged: a reindex found its size changed, or the last scrub
-of that drive found it damaged, missing or unreadable. Anything else is copied again: a copy
+the recorded size and is not flagged: a reindex found its size changed, or the last check of
+it on that drive (a scrub, or ``verify``) found it damaged, missing or unreadable. Anything else is copied again: a copy
 deleted, truncated or flagged protects nothing.
 
 A copy on a drive that is not plugged in cannot be checked. By default

@@ -11,7 +11,7 @@ import structlog
 from sqlalchemy import delete, select
 
 from imalinkd import durable, paths, readback, storage
-from imalinkd.catalog import Catalog, Image, ImportSession, StorageRoot, find_session
+from imalinkd.catalog import Catalog, FileCheck, Image, ImportSession, StorageRoot, find_session
 from imalinkd.config import Config
 from imalinkd.errors import ImalinkError, SessionBusyError, SessionStateError, StorageError, StorageNotFoundError
 from imalinkd.manifest import read_manifest
@@ -71,6 +71,54 @@ class VerifyReport:
                 "inaccessible_sessions": self.inaccessible, "sessions": self.sessions, "readback": self.readback}
 
 
+def _check(path: str, size: int, sha: str) -> tuple[str, str | None, str | None]:
+    """One file against its recorded size and sha256, re-read: ``ok``, ``damaged``,
+    ``missing`` or ``unreadable``, with a detail, and how the re-read was made."""
+    try:
+        digest, actual, how = readback.reread_hash(path)
+    except FileNotFoundError:
+        return "missing", None, None
+    except OSError as e:
+        return "unreadable", f"unreadable: {e.strerror}", None
+    if actual != size:
+        return "damaged", f"size on disk {actual}, recorded {size}", how
+    if digest != sha:
+        return "damaged", f"sha256 on disk {digest[:12]}…, recorded {sha[:12]}…", how
+    return "ok", None, how
+
+
+def _marker_of(root: str) -> storage.Marker | None:
+    try:
+        return storage.read_marker(root)
+    except (ImalinkError, OSError):
+        return None
+
+
+def _record_checks(catalog: Catalog, marker: storage.Marker | None, checks: list[tuple[int, str, str | None]]) -> None:
+    """Keep each file's result as its drive's latest check (``file_checks``, as a scrub
+    does): a copy found bad is flagged, so that no later import counts a file as a
+    duplicate of it, and a copy found intact is not read again in the drive's scrub pass."""
+    if marker is None or not checks:
+        return
+    at = storage.utcnow()
+    with catalog.session() as s:
+        root = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == marker.storage_id)).first()
+        if root is None:
+            return
+        seq = root.scrub_seq or 0
+        existing = {image_id: check for image_id, check in s.execute(
+            select(FileCheck.image_id, FileCheck).where(FileCheck.storage_id == marker.storage_id,
+                                                        FileCheck.image_id.in_([c[0] for c in checks])))}
+        for image_id, result, detail in checks:
+            seq += 1
+            check = existing.get(image_id)
+            if check is None:
+                s.add(FileCheck(image_id=image_id, storage_id=marker.storage_id, seq=seq, checked_at=at, result=result, detail=detail))
+            else:
+                check.seq, check.checked_at, check.result, check.detail = seq, at, result, detail
+        root.scrub_seq = seq
+
+
 def verify_sessions(config: Config, refs: list[str] | None, *, catalog: Catalog | None = None, progress: Callable[[int, int, str], None] | None = None) -> VerifyReport:
     """Re-hash archived files against their recorded sha256, re-read past the caches where
     that can be done (``report.readback`` says whether it was). ``refs`` None: all."""
@@ -88,9 +136,12 @@ def verify_sessions(config: Config, refs: list[str] | None, *, catalog: Catalog 
                 report.ok = False
                 continue
             entries: dict[str, tuple[int, str]] = {}
+            image_ids: dict[str, int] = {}
+            checks: list[tuple[int, str, str | None]] = []  # image id, result, detail: kept in the catalog
             with catalog.session() as s:
                 for img in s.scalars(select(Image).where(Image.session_id == row.id)):
                     entries[img.storage_relative_path] = (img.file_size, img.sha256)
+                    image_ids[img.storage_relative_path] = img.id
             try:
                 for e in read_manifest(session_dir).file_manifest:
                     entries.setdefault(e.files_relative, (e.file_size, e.sha256))
@@ -103,17 +154,17 @@ def verify_sessions(config: Config, refs: list[str] | None, *, catalog: Catalog 
                 if progress:
                     progress(i, total, shown)
                 report.checked += 1
-                try:
-                    digest, actual, how = readback.reread_hash(path)
-                    report.readback = readback.weakest(report.readback, how)
-                except FileNotFoundError:
+                result, detail, how = _check(path, size, sha)
+                report.readback = readback.weakest(report.readback, how)
+                if rel in image_ids:
+                    checks.append((image_ids[rel], result, detail))
+                if result == "missing":
                     report.missing.append(shown)
-                    continue
-                except OSError as e:
-                    report.damaged.append(f"{shown} (unreadable: {e.strerror})")
-                    continue
-                if actual != size or digest != sha:
+                elif result == "unreadable":
+                    report.damaged.append(f"{shown} ({detail})")
+                elif result == "damaged":
                     report.damaged.append(shown)
+            _record_checks(catalog, _marker_of(os.path.dirname(session_dir)), checks)
             with catalog.session() as s:
                 root = s.scalars(select(StorageRoot).where(StorageRoot.storage_id == row.storage_id)).first()
                 if root is not None:

@@ -129,6 +129,22 @@ def test_a_copy_a_scrub_found_damaged_is_no_duplicate(tmp_path):
     assert tree_hashes(Path(again.storage_path) / "files") == {rel: card.files[rel]}
 
 
+def test_a_copy_verify_found_damaged_is_no_duplicate(tmp_path):
+    card = make_card(tmp_path / "card", shots=2)
+    cfg = config_for(tmp_path, tmp_path / "archive")
+    first = import_source(cfg, card.root)
+    rel = sorted(card.files)[0]
+    with open(Path(first.storage_path) / "files" / rel, "r+b") as f:  # a flipped bit: the size is right
+        b = f.read(1)
+        f.seek(0)
+        f.write(bytes([b[0] ^ 1]))
+    report = verify_sessions(cfg, [first.session_uuid])
+    assert report.damaged == ["files/" + rel]
+    again = import_source(cfg, card.root)
+    assert again.copy_status == "completed" and copied_paths(again) == {rel}
+    assert verify_sessions(cfg, [again.session_uuid]).ok
+
+
 def test_an_archive_that_is_not_plugged_in_holds_no_duplicates_unless_configured(tmp_path):
     require_root()
     card = make_card(tmp_path / "card", shots=3)
