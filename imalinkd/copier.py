@@ -123,6 +123,7 @@ class CopyStage:
         progress_cb: ProgressCallback | None,
         progress: Progress,
         backups: list | None = None,
+        archive_gone: Callable[[], str | None] | None = None,
     ) -> None:
         self.config = config
         self.backups = backups or []  # imalinkd.backups.Destination: the same session on backup archives
@@ -151,6 +152,10 @@ class CopyStage:
         self.copied_now = 0
         self.fatal: str | None = None
         self.readback: str | None = None  # the weakest re-read of this run's verifications
+        # asked before each commit: the message saying that the archive's path no longer
+        # leads to the drive written to (see imalinkd.heldroot), or None while it does
+        self.archive_gone = archive_gone or (lambda: None)
+        self.archive_went_away = False
         self.photos: int | None = None  # Photos of the session, once post-processing built them
         self._pending_images: list[FileEntry] = []
         self._pending_skips: list[SkippedEntry] = []
@@ -295,6 +300,12 @@ class CopyStage:
             if problem is not None:
                 sink.discard()
                 return NotCopied(f, f"verification failed: {problem}", fatal=False)
+            gone = self.archive_gone()
+            if gone is not None:
+                sink.discard()
+                self.abort.set()
+                self.archive_went_away = True
+                return NotCopied(f, gone, fatal=True)
             storage_rel = self._commit(sink, f.rel)
             if storage_rel is None:
                 return NotCopied(f, "no free name in the archive for it", fatal=False)
@@ -357,7 +368,7 @@ class CopyStage:
         finished, which bounds the dirty data and what a stop leaves behind."""
         self.progress.phase = "file_copying"
         self._report(force=True)
-        os.makedirs(self.temp_dir, exist_ok=True)
+        durable.make_dirs(self.temp_dir)  # a new directory of the session: durable in it
         post = PostProcessor(self.catalog, self.row_id, self.session_dir, self.config.import_.thumbnail_size, self.thumbnails)
         results: queue.Queue = queue.Queue()
         slots = threading.Semaphore(self.workers * 2)

@@ -48,6 +48,26 @@ def fsync_dir(path: str | os.PathLike[str]) -> None:
         os.close(fd)
 
 
+def make_dirs(path: str | os.PathLike[str]) -> None:
+    """``os.makedirs(path, exist_ok=True)``, durably: after it returns, every directory it
+    created survives a power cut, since each new directory's parent is fsynced once the
+    directory is in it (a new file's own fsync does not make its parent's entry durable on
+    every file system). Several threads may make the same directories at once."""
+    path = os.fspath(path).rstrip("/") or "/"
+    if os.path.isdir(path):
+        return
+    parent = os.path.dirname(path)
+    if parent and parent != path:
+        make_dirs(parent)
+    try:
+        os.mkdir(path)
+    except FileExistsError:
+        if os.path.isdir(path):
+            return
+        raise
+    fsync_dir(parent or ".")
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes, mode: int = 0o644) -> None:
     """Write ``data`` to ``path`` atomically and durably (temp file, fsync, rename, fsync dir)."""
     path = os.fspath(path)
@@ -205,7 +225,7 @@ class Sink:
         return os.path.dirname(self.target)
 
     def open(self) -> None:
-        os.makedirs(self.directory, exist_ok=True)
+        make_dirs(self.directory)
         self.fd = os.open(self.temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
 
     def write(self, data: memoryview) -> None:

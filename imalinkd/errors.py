@@ -18,8 +18,8 @@ class ImalinkError(Exception):
         self.fields = fields
         if message is not None:
             fields.setdefault("message", message)
-        try:
-            text = (self.__doc__ or "{message}").strip().format(**fields)
+        try:  # the template's line breaks are the docstring's, not the message's
+            text = " ".join((self.__doc__ or "{message}").split()).format(**fields)
         except (KeyError, IndexError):
             text = message or self.__class__.__name__
         from imalinkd import redact
@@ -43,13 +43,30 @@ class StorageError(ImalinkError):
     """Storage problem at {path}: {message}"""
 
 
-class StorageNotMountedError(StorageError):
+class ArchiveAbsentError(StorageError):
+    """The archive is not there: {message}"""
+
+
+class StorageNotInitialisedError(ArchiveAbsentError):
+    """{path} is not a storage root: it holds no config.json marker. Nothing was written.
+    If the archive drive is not plugged in, plug it in; to start a new archive in this
+    directory, run 'imalinkd init-storage {path}'."""
+
+
+class ArchiveGoneError(StorageError):
+    """The archive drive at {path} went away during the import ({why}). Nothing was written
+    below its mount point; what was copied is on the drive. Plug the drive back in and
+    resume the session."""
+
+
+class StorageNotMountedError(ArchiveAbsentError):
     """Storage root {path} was initialised before (storage_id {storage_id}) but its marker
     config.json is gone: the archive drive is probably not mounted. Nothing was written.
-    Mount the drive, or point [storage] root at where it is now."""
+    Mount the drive, or point [storage] root at where it is now; to start a new, empty
+    archive there instead, run 'imalinkd init-storage {path}'."""
 
 
-class StorageNotFoundError(StorageError):
+class StorageNotFoundError(ArchiveAbsentError):
     """No storage root with storage_id {storage_id} is reachable{where}. Plug in the archive
     drive (it is found at any mount path), or set [storage] root."""
 

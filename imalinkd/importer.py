@@ -3,7 +3,11 @@
 Stages (DESIGN §3): scan → plan → copy + verify + commit → record → post-process. The copy
 stage runs in worker threads and is the only one that writes to the archive (through
 :mod:`imalinkd.durable`); everything that touches the catalog or the manifest runs in the
-calling thread, so the catalog is written by one thread per import.
+calling thread, so the catalog is written by one thread per import. Everything written into
+a session goes through a handle on its directory (:mod:`imalinkd.heldroot`), never through
+the archive's mount path again: a drive pulled mid-import fails the session, and nothing
+lands on the disk below its mount point. Before planning, the sessions the catalog lacks
+are taken from the drive (:mod:`imalinkd.catchup`).
 
 Crash safety: a file is under its final name only after it was fsynced and verified. The
 catalog rows and ``metadata.json`` are brought up to date at checkpoints and at the end, so
@@ -29,7 +33,9 @@ from sqlalchemy import delete, select
 from imalinkd import backups, durable, paths, readback, samefiles, shots, sourcelock, storage, verdict
 from imalinkd.catalog import Catalog, ImportSession, SkippedFile, find_session
 from imalinkd.config import Config
+from imalinkd.catchup import take_unknown_sessions
 from imalinkd.copier import CopyStage, not_archived_summary
+from imalinkd.heldroot import HeldRoot, HeldSession, hold_session
 from imalinkd.progress import Progress, ProgressCallback
 from imalinkd.duplicates import UNCHECKED_DUPLICATE, ArchivedCopies
 from imalinkd.errors import (
@@ -63,6 +69,7 @@ from imalinkd.sessions import (
 
 __all__ = [
     "ImportResult", "Progress", "ProgressCallback", "SourceInfo", "VerifyReport", "build_photos", "effective_status",
+    "take_unknown_sessions",
     "find_resumable_session", "find_root_by_id", "holding_source", "import_source", "importer_alive", "make_thumbnails", "open_storage",
     "preflight", "record_root", "resume_session", "rollback_session", "session_dir_of", "session_json", "verify_sessions",
 ]
@@ -99,6 +106,7 @@ class ImportResult:
     new_files: int = 0  # copied by this run (a resume counts only what it copied)
     error: str | None = None
     message: str | None = None
+    archive_gone: bool = False  # failed because the archive drive went away: resumable once it is back
     source_no_longer_needed: bool = False  # completed, every duplicate checked on a drive now, and safe
     verdict: dict = field(default_factory=dict)  # imalinkd.verdict: safe_to_format, copies_verified, short files
     backups: list[dict] = field(default_factory=list)  # each configured backup: reached or why not
@@ -172,9 +180,11 @@ def _hash_source(root: str) -> Callable[[SourceFile], str | None]:
     return h
 
 
-def preflight(root: str, needed: int, margin_mb: int, disk_free: Callable[[str], tuple[int, int]] = storage.disk_free, session: str | None = None) -> None:
-    """Refuse before copying when the archive is not writable or lacks room (DESIGN §3)."""
-    storage.check_writable(root)
+def preflight(root: str, needed: int, margin_mb: int, disk_free: Callable[[str], tuple[int, int]] = storage.disk_free, session: str | None = None,
+              held: HeldRoot | None = None) -> None:
+    """Refuse before copying when the archive is not writable or lacks room (DESIGN §3).
+    With ``held``, the write probe goes through the root's handle."""
+    storage.check_writable(held.via if held is not None else root, shown=root)
     free, _total = disk_free(root)
     want = needed + margin_mb * 1024 * 1024
     if free < want:
@@ -255,6 +265,7 @@ def holding_source(config: Config, source: str, fs_uuid: str | None = None, canc
 def _import(config, catalog, source, description, info, root, marker, verify, include, thumbnails, files, cancel, progress_cb, disk_free,
             template_values) -> ImportResult:
     prog = Progress(source=source)
+    take_unknown_sessions(catalog, root, marker)
     include = tuple(include) if include is not None else config.import_.include
     scan = scan_source(source, include, config.import_.exclude, only=files, skip_dirs=[root])
     prog.phase = "database_import"
@@ -270,11 +281,16 @@ def _import(config, catalog, source, description, info, root, marker, verify, in
     if not plan.to_copy:  # (identical files of the source keep one of them in to_copy)
         log.info("import_nothing_new", source=source, duplicates=len(plan.duplicates), skipped=len(scan.skipped))
         return _nothing_new(config, catalog, scan, plan, skipped)
-    preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free)
     if description is None and template_values is None:  # a folder given by hand: named after it
         description = os.path.basename(source.rstrip("/")) or None
-    if template_values is not None:
-        description = render_description(description, **{**template_values, **describe_files(source, plan.to_copy)})
+    held_root = HeldRoot(root, marker)  # from here on the archive is written through its handle
+    try:
+        preflight(root, plan.planned_bytes, config.storage.safety_margin_mb, disk_free, held=held_root)
+        if template_values is not None:
+            description = render_description(description, **{**template_values, **describe_files(source, plan.to_copy)})
+    except BaseException:
+        held_root.close()
+        raise
 
     started = storage.utcnow()
     dirname = storage.session_dir_name(started, description, sid)
@@ -284,15 +300,19 @@ def _import(config, catalog, source, description, info, root, marker, verify, in
         source_path=source, description=description, source=info.as_json(), copy_status="in_progress",
         copy_started_at=storage.iso(started), verification=verify, skipped=skipped,
     )
-    lock = SessionLock(session_dir, sid)
+    held: HeldSession | None = None
+    lock: SessionLock | None = None
     try:
-        os.makedirs(os.path.join(session_dir, "files"))
+        held = held_root.make_session(dirname)
+        lock = SessionLock(held.via, sid)
         lock.acquire()
-        write_manifest(session_dir, manifest)
+        write_manifest(held.via, manifest)
         row_id = _add_session_row(catalog, sid, session_dir, dirname, marker, description, started, source, info, verify,
                                   plan, scan, skipped)
     except BaseException as e:
-        lock.release(remove=False)  # the session stays on the drive, failed and resumable, but not held
+        if lock is not None:
+            lock.release(remove=False)  # the session stays on the drive, failed and resumable, but not held
+        (held or held_root).close()
         if isinstance(e, OSError):
             raise StorageError(path=session_dir, message=f"cannot create the session directory: {e.strerror}") from None
         raise
@@ -301,7 +321,7 @@ def _import(config, catalog, source, description, info, root, marker, verify, in
              duplicates=len(plan.duplicates), skipped=len(scan.skipped), source_kind=info.kind, card_label=info.label, card_uuid=info.fs_uuid)
     prog.session_uuid, prog.storage_path = sid, session_dir
     prog.files_total, prog.bytes_total = len(plan.to_copy), plan.planned_bytes
-    return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, plan.known_hashes,
+    return _copy_and_finish(config, catalog, row_id, held, manifest, source, scan, plan.to_copy, plan.known_hashes,
                             verify, thumbnails, cancel, progress_cb, prog, lock, dests, backup_report)
 
 
@@ -398,11 +418,14 @@ def _add_session_row(catalog, sid, session_dir, dirname, marker, description, st
     return row_id
 
 
-def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock,
-                     dests=(), backup_report=()) -> ImportResult:
+def _copy_and_finish(config, catalog, row_id, held: HeldSession, manifest, source, scan, to_copy, known, verify, thumbnails, cancel,
+                     progress_cb, prog, lock, dests=(), backup_report=()) -> ImportResult:
+    """Copy, then record how the session ended. Everything is written through ``held``
+    (see :mod:`imalinkd.heldroot`); ``session_dir``, its real path, is what the user is told."""
+    session_dir = held.path
     thumbs = config.import_.thumbnails if thumbnails is None else thumbnails
-    run = CopyStage(config, catalog, row_id, session_dir, manifest, source, scan, verify, config.import_.workers, thumbs, cancel, progress_cb, prog,
-                    backups=list(dests))
+    run = CopyStage(config, catalog, row_id, held.via, manifest, source, scan, verify, config.import_.workers, thumbs, cancel,
+                    progress_cb, prog, backups=list(dests), archive_gone=held.gone_message)
     status = "failed"
     try:
         try:
@@ -413,6 +436,8 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         except Exception as e:  # an unexpected bug still leaves a consistent, resumable session
             run.fatal = run.fatal or f"internal error: {e.__class__.__name__}: {e}"
             log.exception("import_crashed", session_id=manifest.import_session_id)
+        if run.fatal is None and (gone := held.gone_message()) is not None:  # pulled after the last commit
+            run.fatal, run.archive_went_away = gone, True
         status = "failed" if run.fatal else "completed"
         photos = run.photos
         if photos is None:
@@ -429,7 +454,7 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         if status == "completed":
             manifest.copy_completed_at = storage.iso(now)
         try:
-            write_manifest(session_dir, manifest)
+            write_manifest(held.via, manifest)  # a drive that went away gets it too, while it can take it
         except OSError as e:
             log.error("manifest_write_failed", session_id=manifest.import_session_id, error=e.strerror)
             if status == "completed":
@@ -451,8 +476,12 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
             row.importer_pid = None
             result = _result_of(row, session_dir, manifest.skipped, run.copied_now)
             result.other_files = manifest.other_files
+            result.archive_gone = run.archive_went_away
+        if status == "completed":
+            _remove_temp_dir(held.via)
     finally:
         lock.release(remove=status == "completed")
+        held.close()
     result.backups = list(backup_report)
     result.verdict = _verdict(config, catalog, row_id, status)
     prog.source_no_longer_needed = status == "completed" and not _unchecked(manifest.skipped) and result.verdict.get("safe_to_format", False)
@@ -463,7 +492,6 @@ def _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, sca
         log.info("import_completed", session_id=result.session_uuid, storage_path=session_dir, files=result.total_files,
                  bytes=result.total_size_bytes, photos=result.photos_created, duplicates=result.duplicates_skipped,
                  mb_per_s=round(prog.mb_per_s, 1))
-        _remove_temp_dir(session_dir)
         result.message = f"files have been copied to storage; the source is no longer needed ({session_dir})"
         result.source_no_longer_needed = prog.source_no_longer_needed
         if not result.verdict.get("safe_to_format"):
@@ -613,8 +641,14 @@ def _resume(config, catalog, ref, source_override, cancel, progress_cb, thumbnai
 
 def _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify, cancel, progress_cb, thumbnails, disk_free) -> ImportResult:
     """The resume itself, with the source held."""
+    held = hold_session(session_dir)
+    display_dir, session_dir = session_dir, held.via  # written through the handle; the real path is for the user
     lock = SessionLock(session_dir, sid)
-    lock.acquire()
+    try:
+        lock.acquire()
+    except BaseException:
+        held.close()
+        raise
     try:
         try:
             manifest = read_manifest(session_dir)
@@ -624,7 +658,7 @@ def _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify,
                                        source_path=source, description=row.description,
                                        source={"kind": row.source_kind, "label": row.source_label, "fs_uuid": row.source_fs_uuid})
         removed = durable.clear_temp_dir(os.path.join(session_dir, durable.TEMP_DIR))
-        scan = scan_source(source, config.import_.include, config.import_.exclude, skip_dirs=[os.path.dirname(session_dir)])
+        scan = scan_source(source, config.import_.include, config.import_.exclude, skip_dirs=[os.path.dirname(display_dir)])
         to_copy, known = reconcile(catalog, row_id, session_dir, manifest, source, scan)
         plan, dups = _plan(config, catalog, source, to_copy)  # duplicates decided again, against the archive as it is now
         manifest.skipped += dups
@@ -642,9 +676,9 @@ def _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify,
                                   sha256=e.sha256, duplicate_of=e.duplicate_of))
         manifest.copy_status, manifest.error = "in_progress", None
         write_manifest(session_dir, manifest)
-        preflight(os.path.dirname(session_dir), plan.planned_bytes, config.storage.safety_margin_mb, disk_free, session=sid[:8])
+        preflight(held.root.path, plan.planned_bytes, config.storage.safety_margin_mb, disk_free, session=sid[:8], held=held.root)
         log.info("resume_started", session_id=sid, source=source, to_copy=len(plan.to_copy), kept=len(manifest.file_manifest), partials_removed=removed)
-        prog = Progress(source=source, session_uuid=sid, storage_path=session_dir, files_total=len(plan.to_copy), bytes_total=plan.planned_bytes)
+        prog = Progress(source=source, session_uuid=sid, storage_path=display_dir, files_total=len(plan.to_copy), bytes_total=plan.planned_bytes)
     except BaseException:
         try:
             with catalog.session() as s:
@@ -655,5 +689,6 @@ def _resume_from(config, catalog, row, row_id, sid, session_dir, source, verify,
             pass
         finally:
             lock.release(remove=False)
+            held.close()
         raise
-    return _copy_and_finish(config, catalog, row_id, session_dir, manifest, source, scan, plan.to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock)
+    return _copy_and_finish(config, catalog, row_id, held, manifest, source, scan, plan.to_copy, known, verify, thumbnails, cancel, progress_cb, prog, lock)

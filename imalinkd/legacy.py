@@ -36,7 +36,8 @@ from imalinkd.errors import (
     StorageNotFoundError,
     human_bytes,
 )
-from imalinkd.locate import SafeTree, is_real_dir, resolve_root, session_path
+from imalinkd.heldroot import HeldRoot
+from imalinkd.locate import SafeTree, is_real_dir, session_path
 from imalinkd.reading import DriveSession, DriveState
 from imalinkd.reindex import apply_plan, load_catalog_state, plan_reindex
 
@@ -99,15 +100,10 @@ class AdoptResult:
         }
 
 
-def _storage_root(config, catalog: Catalog) -> str:
-    root = config.storage_root
-    if root is not None:
-        storage.init_storage(root)
-        return os.fspath(root)
-    found = resolve_root(config, catalog, config.storage.storage_id)
-    if found is None:
-        raise StorageNotFoundError(path="", storage_id=config.storage.storage_id, where="")
-    return found
+def _storage_root(config, catalog: Catalog) -> tuple[str, storage.Marker]:
+    from imalinkd.sessions import open_storage
+
+    return open_storage(config, catalog)
 
 
 def _wanted(config, rel: str) -> bool:
@@ -169,8 +165,7 @@ def import_in_place(config, catalog: Catalog, source: str, description: str | No
     source = os.path.abspath(os.fspath(source))
     if not is_real_dir(source):
         raise SourceError(path=source, message="not a directory")
-    root = _storage_root(config, catalog)
-    marker = storage.read_marker(root)
+    root, marker = _storage_root(config, catalog)
     files, skipped_raw = _scan(source)
     now = storage.utcnow()
     sid = str(uuid.uuid4())
@@ -209,9 +204,14 @@ def import_in_place(config, catalog: Catalog, source: str, description: str | No
 
     m.photos_created, m.other_files = count_shots(e.files_relative for e in entries)
     sdir = os.path.join(root, name)
-    os.mkdir(sdir)
-    mf.write_manifest(sdir, m)
-    durable.fsync_dir(root)
+    held = HeldRoot(root, marker)  # written through the handle: never below an absent drive's mount point
+    os.mkdir(name, 0o755, dir_fd=held.fd)
+    os.fsync(held.fd)
+    session = held.open_session(name)
+    try:
+        mf.write_manifest(session.via, m)
+    finally:
+        session.close()
     drive = DriveState(marker.storage_id, marker.label, (DriveSession(name, m, {}),), frozenset({name}))
     with catalog.session() as s:
         apply_plan(s, plan_reindex(drive, load_catalog_state(s, drive)), storage.utcnow())

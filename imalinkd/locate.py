@@ -23,7 +23,7 @@ import structlog
 from sqlalchemy import select
 
 from imalinkd import storage, trust
-from imalinkd.catalog import Catalog, Image, ImportSession, SessionCopy, StorageRoot, find_session
+from imalinkd.catalog import Catalog, Image, ImportSession, SessionCopy, StorageRoot, find_session, record_root_path
 from imalinkd.errors import MarkerError, StorageError
 
 log = structlog.get_logger(__name__)
@@ -156,6 +156,7 @@ def _remember_path(catalog: Catalog, path: str, marker: storage.Marker) -> None:
             elif row.last_seen_path != path:
                 row.last_seen_path = path
                 row.last_seen_at = now
+            record_root_path(s, marker.storage_id, path, now)
     except Exception as e:  # information only: a busy or read-only catalog must not fail a lookup
         log.debug("last_seen_path_not_recorded", storage_id=marker.storage_id, error=str(e))
 

@@ -14,7 +14,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 import structlog
 from sqlalchemy import select
 
-from imalinkd import shots
+from imalinkd import durable, shots
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo, media_json
 from imalinkd.media import extract_media, kind_of
 from imalinkd.thumbnails import best_member, make_thumbnail, pick_thumbnail_source
@@ -122,7 +122,7 @@ def _thumbnail(src: str, session_dir: str, key: str, size: int) -> str | None:
     """Make ``thumbnails/<key>.jpg`` from ``src``; its path relative to the session, or None."""
     rel = f"thumbnails/{key}.jpg"  # mirrors files/, one JPEG per shot (stem in lower case)
     dest = os.path.join(session_dir, rel)
-    os.makedirs(os.path.dirname(dest), exist_ok=True)
+    durable.make_dirs(os.path.dirname(dest))
     return rel if make_thumbnail(src, dest, size=size).ok else None
 
 

@@ -9,12 +9,11 @@ import threading
 
 import psutil
 import structlog
-from sqlalchemy import select
 
 from imalinkd import devices, locate, paths, sourcelock, storage
-from imalinkd.catalog import Catalog, ImportSession, StorageRoot, upsert_storage_root
+from imalinkd.catalog import Catalog, ImportSession, roots_ever_at, upsert_storage_root
 from imalinkd.config import Config
-from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotMountedError
+from imalinkd.errors import SessionBusyError, StorageError, StorageNotFoundError, StorageNotInitialisedError, StorageNotMountedError
 
 log = structlog.get_logger()
 
@@ -29,11 +28,15 @@ _ACTIVE_LOCK = threading.Lock()
 
 
 def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathLike[str] | None = None) -> tuple[str, storage.Marker]:
-    """The live storage root to import into, made a root on first use.
+    """The live storage root to import into.
 
-    Mount guard: a configured root that the catalog has seen before but whose marker is gone
-    is an unplugged drive, not an empty folder: refuse rather than start a new archive on
-    the bare mount point."""
+    Only ``init-storage`` makes a directory a storage root, and the embedded default root
+    (no ``[storage]`` configured: a directory under the state directory) on its first use.
+    A configured root without a marker is refused (StorageNotInitialisedError, naming the
+    command to run): it is most often the mount point of an archive drive that is not
+    plugged in. Mount guard: not even the default root gets a new marker where this station
+    ever saw a storage root (the catalog keeps every path, :class:`RootPath`), since its
+    marker being gone means the archive is missing, not that it is a new one."""
     root = os.fspath(root_override) if root_override else (str(config.storage_root) if config.storage_root else None)
     wanted = config.storage.storage_id if not root_override else None
     if root is None:
@@ -48,23 +51,33 @@ def open_storage(config: Config, catalog: Catalog, root_override: str | os.PathL
         # be making it a root right now (and recording it, which would make it look like
         # an unplugged drive's mount point to a check made without this lock).
         with sourcelock.exclusive(sourcelock.first_use_lock_path(config)):
-            marker = _marker_or_first_use(catalog, root)
+            marker = _first_use(config, catalog, root, embedded_default=root_override is None and is_embedded_default(config))
     if wanted and marker.storage_id != wanted:
         raise StorageError(path=root, message=f"holds storage {marker.storage_id}, but the config asks for {wanted}")
     record_root(catalog, root, marker)
     return root, marker
 
 
-def _marker_or_first_use(catalog: Catalog, root: str) -> storage.Marker:
-    """``root``'s marker, read again under the first-use lock; else a new root, or the
-    refusal of a place that was a root before."""
+def is_embedded_default(config: Config) -> bool:
+    """Is the archive the default one under the state directory (no [storage] root or
+    storage_id configured)?"""
+    return config.storage.root is None and config.storage.storage_id is None
+
+
+def _first_use(config: Config, catalog: Catalog, root: str, embedded_default: bool) -> storage.Marker:
+    """``root`` has no marker: read it again under the first-use lock (another process
+    may have made it a root meanwhile); else make it the embedded default root, or refuse."""
     marker = storage.read_marker(root) if os.path.isdir(root) else None
     if marker is not None:  # made a root by another process meanwhile
         return marker
     with catalog.session() as s:
-        known = s.scalars(select(StorageRoot).where(StorageRoot.last_seen_path == root)).first()
-        if known is not None:
-            raise StorageNotMountedError(path=root, storage_id=known.storage_id)
+        known = roots_ever_at(s, root)
+    if known:
+        raise StorageNotMountedError(path=root, storage_id=known[-1])
+    if os.path.lexists(root) and not os.path.isdir(root):
+        raise StorageError(path=root, message="it exists and is not a directory")
+    if not embedded_default:
+        raise StorageNotInitialisedError(path=root)
     marker = storage.init_storage(root)
     log.info("storage_initialised", storage_path=root, storage_id=marker.storage_id)
     return marker

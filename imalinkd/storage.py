@@ -107,7 +107,7 @@ def init_storage(root: str | os.PathLike[str], label: str | None = None) -> Mark
     if os.path.lexists(root) and not os.path.isdir(root):
         raise StorageNotWritableError(path=root, message="it exists and is not a directory")
     try:
-        os.makedirs(root, exist_ok=True)
+        durable.make_dirs(root)
     except OSError as e:
         raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
     marker = Marker(
@@ -233,8 +233,9 @@ def scan_all_mounts(depth: int = 2, extra: list[str] | None = None, errors: list
     return out
 
 
-def check_writable(root: str) -> None:
-    """Preflight: can we create, fsync and delete a file in ``root``?"""
+def check_writable(root: str, shown: str | None = None) -> None:
+    """Preflight: can we create, fsync and delete a file in ``root``? (``shown``: the path
+    to name in the error, when ``root`` is a path through a handle.)"""
     probe = os.path.join(root, f".imalinkd-probe-{uuid.uuid4().hex}")
     try:
         fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -249,7 +250,7 @@ def check_writable(root: str) -> None:
             os.unlink(probe)
         except OSError:
             pass
-        raise StorageNotWritableError(path=root, message=e.strerror or str(e)) from None
+        raise StorageNotWritableError(path=shown or root, message=e.strerror or str(e)) from None
 
 
 def disk_free(path: str) -> tuple[int, int]:

@@ -25,6 +25,7 @@ from imalinkd.api.app import NOT_ACCESSIBLE
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo
 from imalinkd.config import parse_config
 from imalinkd.importer import import_source
+from imalinkd.storage import init_storage
 from media_factory import write_jpeg
 from mounts import ext4_image, umount
 
@@ -68,6 +69,7 @@ class Env:
     def __init__(self, tmp: Path, root: Path, **kw) -> None:
         self.tmp = tmp
         self.root = root
+        init_storage(root)  # as 'imalinkd init-storage' does
         self.config = make_config(tmp, root, **kw)
         self.catalog = Catalog.open(self.config)
         self.hub = ProgressHub()
@@ -515,8 +517,7 @@ def test_metrics_parse_and_count_an_api_import(env):
 def test_a_failed_import_is_counted_by_cause(env):
     card = env.tmp / "card"
     write_card(card, shots=1)
-    env.root.parent.mkdir(exist_ok=True)
-    env.root.write_text("not a directory")  # the archive cannot be made here
+    (env.root / "config.json").unlink()  # the archive is not there
     r = env.client.post("/imports", json={"source": str(card)}, headers=AUTH)
     job = wait_job(env, r.json()["job_id"])
     assert job["status"] in ("failed", "error") and job["error"]

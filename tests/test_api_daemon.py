@@ -18,6 +18,7 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from imalinkd.storage import init_storage
 from test_api import read_events, write_card
 
 REPO = Path(__file__).resolve().parent.parent
@@ -32,6 +33,7 @@ def free_port() -> int:
 @pytest.fixture
 def daemon(tmp_path):
     port = free_port()
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     cfg = tmp_path / "imalinkd.toml"
     cfg.write_text(f"""
 [catalog]

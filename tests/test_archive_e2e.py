@@ -110,6 +110,7 @@ def test_archive_remounted_elsewhere_is_found_reindexed_and_rebuilt(tmp_path, im
     img = images()
     first = img.mount(tmp_path / "mnt" / "a")
     root = os.path.join(first, "photos")
+    make_root(root)
     config = config_for(tmp_path, root)
     catalog = Catalog.open(config)
     card = tmp_path / "card"
@@ -170,6 +171,7 @@ def test_replica_on_a_second_image_shows_as_a_second_copy(tmp_path, images):
     main = images("main.img").mount(tmp_path / "main")
     backup = images("backup.img").mount(tmp_path / "backup")
     root = os.path.join(main, "photos")
+    make_root(root)
     config = config_for(tmp_path, root)
     catalog = Catalog.open(config)
     card = tmp_path / "card"
@@ -200,6 +202,7 @@ def test_replica_on_a_second_image_shows_as_a_second_copy(tmp_path, images):
 def test_scan_locations_reports_health_and_manual_override(tmp_path, images):
     mnt = images().mount(tmp_path / "deep")
     root = os.path.join(mnt, "a", "b", "c", "photos")  # deeper than the search depth
+    make_root(root)
     config = config_for(tmp_path, root)
     catalog = Catalog.open(config)
     card = tmp_path / "card"

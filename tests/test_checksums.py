@@ -18,6 +18,7 @@ from imalinkd import checksums, manifest as mf
 from imalinkd.catalog import Catalog, ImportSession
 from imalinkd.config import parse_config
 from imalinkd.importer import import_source, resume_session, rollback_session
+from imalinkd.storage import init_storage
 
 REPO = Path(__file__).resolve().parents[1]
 ODD_NAMES = [
@@ -31,6 +32,7 @@ ODD_NAMES = [
 
 
 def config(tmp_path: Path, **imp):
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
         "storage": {"root": str(tmp_path / "archive")},

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from cards import make_card, tree_hashes
+from imalinkd.storage import init_storage
 
 
 def imalinkd(*args: str, cfg: Path | None = None, timeout: float = 120, **kw) -> subprocess.CompletedProcess:
@@ -26,6 +27,7 @@ def imalinkd(*args: str, cfg: Path | None = None, timeout: float = 120, **kw) ->
 @pytest.fixture
 def cfg(tmp_path) -> Path:
     p = tmp_path / "imalinkd.toml"
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     p.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/catalog.db"\n\n[storage]\nroot = "{tmp_path}/archive"\n\n'
                  '[import]\nthumbnails = false\n\n[api]\nlisten = ""\n')
     return p

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from imalinkd.storage import init_storage
 from mounts import require_exfat as require_loop_mounts
 
 REPO = Path(__file__).resolve().parent.parent
@@ -247,7 +248,7 @@ thumbnails = false
 
 @pytest.fixture
 def workdir(tmp_path):
-    (tmp_path / "archive").mkdir()
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return tmp_path
 
 

@@ -18,6 +18,7 @@ from cards import make_card, tree_hashes
 from imalinkd import durable
 from imalinkd.config import parse_config
 from imalinkd.importer import import_source, resume_session, verify_sessions
+from imalinkd.storage import init_storage
 from mounts import ext4_image, is_mounted, require_root, run
 
 FS_IOC_SHUTDOWN = 0x8004587D  # _IOR('X', 125, __u32)
@@ -25,6 +26,8 @@ FS_GOING_FLAGS_NOLOGFLUSH = 2  # like pulling the plug: the journal is not flush
 
 
 def config_for(tmp_path: Path, root: Path, **imp):
+    """The config of an archive at ``root``, made a storage root as 'imalinkd init-storage' does."""
+    init_storage(root)
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
         "storage": {"root": str(root)},
@@ -152,8 +155,8 @@ def test_power_cut_loses_only_uncommitted_files_and_resume_recopies_them(tmp_pat
     require_root()
     card = make_card(tmp_path / "card", shots=16, raw_kb=768)
     image = tmp_path / "arch.img"
-    cfg = config_for(tmp_path, tmp_path / "arch" / "photos", workers=2)
     with ext4_image(tmp_path / "arch", size_mb=96, image=image) as mnt:
+        cfg = config_for(tmp_path, mnt / "photos", workers=2)
         cut = []
 
         def progress(p):
@@ -261,6 +264,7 @@ def _catalog_on_full_disk(tmp_path: Path, archive: Path):
     from imalinkd.catalog import Catalog
 
     mnt = tmp_path / "catdisk"
+    init_storage(archive)
     cfg = parse_config({
         "catalog": {"url": f"sqlite:///{mnt / 'catalog.db'}"},
         "storage": {"root": str(archive)},
@@ -331,7 +335,7 @@ def test_a_full_catalog_disk_fails_a_reindex_clearly_and_records_nothing(tmp_pat
 
     archive = tmp_path / "archive"
     for i in range(3):
-        assert import_source(config_for(tmp_path / f"other{i}", archive), make_card(tmp_path / f"card{i}", shots=3).root).copy_status == "completed"
+        assert import_source(config_for(tmp_path / f"other{i}", archive), make_card(tmp_path / f"card{i}", shots=3, seed=i + 1).root).copy_status == "completed"
     with _catalog_disk(tmp_path):
         cfg, filler, catalog = _catalog_on_full_disk(tmp_path, archive)
         with pytest.raises(CatalogError, match="database or disk is full.*not recorded"):

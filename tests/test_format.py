@@ -25,6 +25,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def config(tmp_path: Path, catalog: str = "catalog.db", **imp):
+    storage.init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / catalog}"},
         "storage": {"root": str(tmp_path / "archive")},

@@ -16,10 +16,12 @@ from imalinkd.config import parse_config
 from imalinkd.errors import SessionStateError, StorageFullError, StorageNotMountedError
 from imalinkd.importer import import_source, resume_session, rollback_session, verify_sessions
 from imalinkd.manifest import read_manifest
+from imalinkd.storage import init_storage
 from sqlalchemy import select
 
 
 def make_config(tmp_path: Path, **imp) -> object:
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
         "storage": {"root": str(tmp_path / "archive")},
@@ -301,6 +303,7 @@ def test_every_verification_level_imports_correctly(tmp_path, level):
 
 def test_archive_inside_the_source_is_not_imported_into_itself(tmp_path):
     card = make_card(tmp_path / "card", shots=2)
+    init_storage(card.root / "archive")
     cfg = parse_config({"catalog": {"url": f"sqlite:///{tmp_path / 'c.db'}"}, "storage": {"root": str(card.root / "archive")}, "import": {"thumbnails": False}})
     result = import_source(cfg, card.root)
     assert tree_hashes(Path(result.storage_path) / "files") == card.files

@@ -58,6 +58,9 @@ def test_installed_package_has_its_migrations_and_runs_an_import(venv, tmp_path)
     cfg = tmp_path / "c.toml"
     cfg.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/c.db"\n[storage]\nroot = "{tmp_path}/archive"\n')
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    r = subprocess.run([str(exe), "--config", str(cfg), "init-storage", str(tmp_path / "archive")],
+                       capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
     r = subprocess.run([str(exe), "--config", str(cfg), "import", str(tmp_path / "card"), "--json"],
                        capture_output=True, text=True, cwd=tmp_path, env=env, timeout=120)
     assert r.returncode == 0, r.stderr

@@ -13,6 +13,7 @@ from imalinkd import manifest as mf
 from imalinkd.catalog import Catalog, Image, ImportSession, Photo
 from imalinkd.errors import SessionStateError
 from imalinkd.legacy import adopt, import_in_place
+from imalinkd.storage import init_storage
 from imalinkd.locate import file_path, storage_status
 from imalinkd.reindex import reindex_path
 
@@ -28,6 +29,7 @@ def setup(tmp_path):
     (src / "2019" / "DSC_2.JPG").write_bytes(b"another" * 9)
     os.symlink("/etc/passwd", src / "2019" / "link.jpg")
     root = tmp_path / "archive"
+    init_storage(root)  # as 'imalinkd init-storage' does
     config = config_for(tmp_path, root)
     return config, Catalog.open(config), src, root
 

@@ -707,6 +707,7 @@ def test_a_session_resumed_with_another_catalog_is_complete_after_reindex(tmp_pa
     from imalinkd.importer import import_source, resume_session
 
     card = make_card(tmp_path / "card", shots=4)
+    make_root(tmp_path / "archive")
     here = config_for(tmp_path, tmp_path / "archive")
     cancel = threading.Event()
     cancel.set()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
@@ -12,14 +13,17 @@ from typing import Iterator
 
 from sqlalchemy import create_engine, event, or_, select
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.exc import DatabaseError, OperationalError, SQLAlchemyError
+from sqlalchemy.exc import DatabaseError, IntegrityError, OperationalError, ProgrammingError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
-from imalinkd.catalog.models import Base, FileCheck, Image, ImageCopy, ImportSession, Photo, SessionCopy, SkippedFile, StorageRoot, media_json
+from imalinkd.catalog.models import (
+    Base, FileCheck, Image, ImageCopy, ImportSession, Photo, RootPath, SessionCopy, SkippedFile, StorageRoot, media_json,
+)
 from imalinkd.errors import AmbiguousSessionError, CatalogError, SessionNotFoundError, human_bytes
 
 __all__ = [
-    "Base", "Catalog", "FileCheck", "Image", "ImageCopy", "ImportSession", "Photo", "SessionCopy", "SkippedFile", "StorageRoot", "media_json",
+    "Base", "Catalog", "FileCheck", "Image", "ImageCopy", "ImportSession", "Photo", "RootPath", "SessionCopy", "SkippedFile",
+    "StorageRoot", "media_json",
 ]
 
 MIGRATIONS = Path(__file__).parent / "migrations"
@@ -184,10 +188,12 @@ class Catalog:
         try:
             yield s
             s.commit()
-        except (OperationalError, sqlite3.OperationalError) as e:
+        except (DatabaseError, sqlite3.DatabaseError) as e:
             _rollback(s)
-            detail = e.orig if isinstance(e, OperationalError) else e
-            raise CatalogError(url=self.url, message=f"cannot read or write it: {detail}{self._room()}; "
+            if not is_database_failure(e):
+                raise
+            detail = e.orig if isinstance(e, DatabaseError) else e
+            raise CatalogError(url=self.url, message=f"cannot read or write it: {detail}{self._room()}{self._damaged(e)}; "
                                                      "this change was not recorded") from e
         except BaseException:
             _rollback(s)
@@ -195,8 +201,25 @@ class Catalog:
         finally:
             s.close()
 
+    def _damaged(self, e: BaseException) -> str:
+        """For a SQLite file whose pages are damaged (its disk failing, a power cut on a
+        drive that lies about flushing), what to do: the drives can rebuild it."""
+        if self.engine.url.get_backend_name() != "sqlite" or "malformed" not in str(e) and "not a database" not in str(e):
+            return ""
+        return (". The catalog file is damaged; it is a cache of the archive drives: move it aside (with its -wal and "
+                "-shm files) and 'imalinkd reindex' rebuilds it from them")
+
     def close(self) -> None:
         self.engine.dispose()
+
+
+def is_database_failure(e: BaseException) -> bool:
+    """Is ``e`` the database failing underneath (its disk full, failing or read-only, its
+    file damaged, a lock held past the busy timeout), as opposed to a constraint the caller
+    handles (IntegrityError) or a bug in a statement (ProgrammingError)?"""
+    if isinstance(e, (IntegrityError, ProgrammingError, sqlite3.IntegrityError, sqlite3.ProgrammingError)):
+        return False
+    return isinstance(e, (DatabaseError, sqlite3.DatabaseError))
 
 
 def _rollback(s: Session) -> None:
@@ -249,4 +272,27 @@ def upsert_storage_root(s: Session, storage_id: str, label: str, path: str, now,
         row.last_verified_at = now
     if device_key:
         row.device_key = device_key
+    record_root_path(s, storage_id, path, now)
     return row
+
+
+def this_station() -> str:
+    """The name of the machine this process runs on, as the catalog records it."""
+    return socket.gethostname()
+
+
+def record_root_path(s: Session, storage_id: str, path: str, now) -> None:
+    """Remember that the root ``storage_id`` was seen at ``path`` on this station; kept for
+    ever (see :class:`RootPath`)."""
+    station = this_station()
+    row = s.scalar(select(RootPath).where(RootPath.station == station, RootPath.path == path, RootPath.storage_id == storage_id))
+    if row is None:
+        s.add(RootPath(storage_id=storage_id, station=station, path=path, first_seen_at=now, last_seen_at=now))
+    else:
+        row.last_seen_at = now
+
+
+def roots_ever_at(s: Session, path: str) -> list[str]:
+    """The storage_ids of the roots ever seen at ``path`` on this station (oldest first)."""
+    q = select(RootPath.storage_id).where(RootPath.station == this_station(), RootPath.path == path).order_by(RootPath.id)
+    return list(s.scalars(q))

@@ -1,6 +1,7 @@
 """Catalog tables (SQLAlchemy 2.x). The catalog is a cache of what the drives say: it keeps
 directory names and paths relative to a storage root, never an archive's absolute mount path
-(``StorageRoot.last_seen_path`` is for information only)."""
+(``StorageRoot.last_seen_path`` is for information only, and ``RootPath`` only guards the
+paths an archive was ever seen at against a new marker)."""
 
 from __future__ import annotations
 
@@ -88,6 +89,23 @@ class StorageRoot(Base):
     # The physical drive the root was last seen on (:func:`imalinkd.devices.device_key`):
     # roots with one key count as one copy. NULL: not known yet (the storage_id stands in).
     device_key: Mapped[str | None] = mapped_column(Text)
+
+
+class RootPath(Base):
+    """A path where a storage root has been seen, on one station (machine): every one, not
+    only the last. The mount guard asks it whether a directory without a marker was ever an
+    archive here, so no later sighting elsewhere (a reindex, a lookup, another station) makes
+    the catalog forget a mount point; nothing keys the live path from it."""
+
+    __tablename__ = "root_paths"
+    __table_args__ = (UniqueConstraint("station", "path", "storage_id", name="uq_root_paths_station_path_storage"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    storage_id: Mapped[str] = mapped_column(String(36), index=True)
+    station: Mapped[str] = mapped_column(Text)  # the host name of the machine that saw it
+    path: Mapped[str] = mapped_column(FsPath)
+    first_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    last_seen_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class ImportSession(Base):

@@ -62,7 +62,7 @@ from imalinkd.daemon.events import (
 from imalinkd.daemon.mountinfo import MountTableSource
 from imalinkd.daemon.notify import SystemdNotifier
 from imalinkd.daemon.policy import CardJob
-from imalinkd.errors import ConfigError, ImalinkError, StorageNotFoundError, StorageNotMountedError
+from imalinkd.errors import ArchiveAbsentError, ConfigError, ImalinkError
 
 log = structlog.get_logger()
 
@@ -737,10 +737,13 @@ class Daemon:
         return progress
 
     def _open_storage(self, engine: Any, config: Config) -> None:
-        """Open (on first use: initialise) the archive once at a time, so that two cards
-        arriving together do not both try to create the storage marker."""
+        """Open (on first use of the embedded default: initialise) the archive once at a
+        time, so that two cards arriving together do not both try to create the storage
+        marker; then take from the drive the sessions the catalog lacks, so that a card
+        whose session the catalog forgot (a power cut) is resumed, not imported twice."""
         with self._storage_lock:
-            engine.open_storage(config, self.catalog)
+            root, marker = engine.open_storage(config, self.catalog)
+            engine.take_unknown_sessions(self.catalog, root, marker)
 
     def _run_card_job(self, job: Job, card: CardJob, config: Config) -> JobFinished:
         blog = log.bind(card_label=card.identity.label, card_uuid=card.identity.fs_uuid, mount_point=str(card.mount_point))
@@ -751,7 +754,7 @@ class Daemon:
             # between a resume and a new session to the end of either
             with engine.holding_source(config, str(card.mount_point), card.identity.fs_uuid, job.cancel):
                 result = self._import_card(engine, job, card, config, blog)
-        except (StorageNotFoundError, StorageNotMountedError) as e:
+        except ArchiveAbsentError as e:  # not plugged in, not found, or not made an archive yet
             blog.warning("card_waiting_for_archive", reason=str(e))
             return JobFinished(job.key, "waiting_for_storage")
         except ImalinkError as e:
@@ -765,6 +768,11 @@ class Daemon:
         if outcome == "failed" and job.cancel.is_set():
             outcome = "cancelled"
         session = getattr(result, "session_uuid", None)
+        if outcome == "failed" and getattr(result, "archive_gone", False):
+            # the archive drive went away mid-copy: the card waits (never ejected) and its
+            # session resumes when the drive is back
+            blog.warning("card_waiting_for_archive", session_id=session, reason=getattr(result, "error", None))
+            return JobFinished(job.key, "waiting_for_storage", session)
         # files identical to another of the same card point into this very session: not "imported before"
         duplicates = [s.duplicate_of for s in getattr(result, "skipped", [])
                       if getattr(s, "duplicate_of", None) and not (session and s.duplicate_of.startswith(session))]
@@ -817,13 +825,16 @@ class Daemon:
                 source_info=info, verify=drop.verify, include=drop.include, files=rels,
                 cancel=job.cancel, progress=self._progress(job), catalog=self.catalog,
             )
-        except (StorageNotFoundError, StorageNotMountedError) as e:
+        except ArchiveAbsentError as e:  # not plugged in, not found, or not made an archive yet
             blog.warning("drop_waiting_for_archive", reason=str(e))
             return JobFinished(job.key, "waiting_for_storage")
         if self.hub is not None:
             self.hub.publish_result(result)
         outcome = outcome_of(result)
         session = getattr(result, "session_uuid", None)
+        if outcome == "failed" and getattr(result, "archive_gone", False):
+            blog.warning("drop_waiting_for_archive", session_id=session, reason=getattr(result, "error", None))
+            return JobFinished(job.key, "waiting_for_storage", session)
         blog.info(
             "drop_import_finished", session_id=session, outcome=outcome,
             total_files=getattr(result, "total_files", None),
