@@ -24,6 +24,7 @@ from imalinkd.config import parse_config
 from imalinkd.copier import CopyStage
 from imalinkd.importer import import_source, resume_session, verify_sessions
 from imalinkd.manifest import read_manifest
+from imalinkd.storage import init_storage
 from mounts import exfat_mount, ext4_image, is_mounted, make_exfat_image, require_exfat, require_root, run
 
 FS_IOC_SHUTDOWN = 0x8004587D
@@ -32,6 +33,7 @@ COPY_THREADS = ("imalinkd-read", "imalinkd-finish", "imalinkd-copy", "imalinkd-m
 
 
 def config_for(tmp_path: Path, root: Path, catalog: Path | None = None, **imp):
+    init_storage(root)  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{catalog or tmp_path / 'catalog.db'}"},
         "storage": {"root": str(root)},
@@ -176,7 +178,7 @@ def test_drop_folder_delete_keeps_a_file_whose_only_copy_is_not_plugged_in(tmp_p
     with ext4_image(tmp_path / "drive1") as drive1:
         first = import_source(config_for(tmp_path, drive1 / "photos"), tmp_path / "earlier")
         assert first.copy_status == "completed"
-    (tmp_path / "archive").mkdir()
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     config = write_config(tmp_path / "imalinkd.toml", tmp_path, 'unplugged_duplicates = "skip"\n'
                           f'[[drop_folder]]\npath = "{drop}"\nafter_import = "delete"\n')
     d = Daemon(tmp_path, config).start()
