@@ -68,7 +68,7 @@ mount_paths = {json.dumps([str(workdir / w).rstrip("/") for w in watched])}
 thumbnails = false
 {extra}
 """)
-        (workdir / "archive").mkdir(exist_ok=True)
+        make_root(workdir / "archive")  # as 'imalinkd init-storage' does
         self.log_path = workdir / "daemon.log"
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(ns.command(sys.executable, "-m", "imalinkd", "--config", self.config, "run"),

@@ -25,6 +25,7 @@ from PIL import Image, ImageDraw
 
 from imalinkd.config import load_config
 from imalinkd.importer import import_source
+from imalinkd.storage import init_storage
 
 pytestmark = pytest.mark.slow
 
@@ -102,6 +103,7 @@ def free_port() -> int:
 def station(tmp_path):
     """Config, a failed session made before the start, and the running daemon."""
     port = free_port()
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     cfg = tmp_path / "imalinkd.toml"
     cfg.write_text(f"""
 [catalog]

@@ -18,7 +18,7 @@ from sqlalchemy import func, select
 from imalinkd import locate, paths, storage
 from imalinkd.catalog import ImportSession, SkippedFile, find_session
 from imalinkd.errors import ImalinkError, MarkerError
-from imalinkd.sessions import effective_status, session_json
+from imalinkd.sessions import effective_status, is_embedded_default, session_json
 
 PAGE_SIZES = (25, 50, 100)
 FILES_PER_PAGE = 60
@@ -143,7 +143,8 @@ def storage_check(config, catalog, path: str) -> dict:
         out["reason"] = f"its storage marker cannot be read: {e}"
         return out
     configured = str(config.storage_root) if config.storage_root else None
-    if marker is None and os.path.abspath(path) != configured:
+    # only the embedded default root is made on first use; any other needs init-storage
+    if marker is None and not (is_embedded_default(config) and os.path.abspath(path) == configured):
         out["reason"] = f"not a storage root yet (run 'imalinkd init-storage {path}')"
         return out
     if not os.access(path, os.W_OK):
