@@ -25,6 +25,7 @@ from imalinkd.catalog import Catalog, ImportSession
 from imalinkd.config import parse_config
 from imalinkd.daemon.camera import changes
 from imalinkd.daemon.events import CameraAppeared, CameraGone
+from imalinkd.storage import init_storage
 
 REPO = Path(__file__).resolve().parent.parent
 BROWSE = "Directory Browse"
@@ -56,6 +57,7 @@ def make_camera_tree(root: Path) -> dict[str, str]:
 
 
 def config_for(tmp_path: Path, gphoto2: str = "gphoto2"):
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
         "storage": {"root": str(tmp_path / "archive")},
@@ -67,6 +69,7 @@ def config_for(tmp_path: Path, gphoto2: str = "gphoto2"):
 
 
 def write_config_file(tmp_path: Path, gphoto2: str, extra: str = "") -> Path:
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     path = tmp_path / "imalinkd.toml"
     path.write_text(f"""
 [catalog]
@@ -293,7 +296,6 @@ def test_a_camera_file_that_differs_from_what_was_read_is_never_called_safe(tmp_
 def test_daemon_imports_a_camera_when_it_appears(tmp_path):
     require_tools("gphoto2")
     config = write_config_file(tmp_path, "gphoto2", "poll_seconds = 0.2\n")
-    (tmp_path / "archive").mkdir()
     env = dict(os.environ, PYTHONPATH=str(REPO))
     log_path = tmp_path / "daemon.log"
     with open(log_path, "wb") as logf:

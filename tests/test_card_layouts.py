@@ -21,9 +21,11 @@ from imalinkd.daemon.identify import CardIdentity, find_storage_roots, is_camera
 from imalinkd.daemon.policy import plan_card_job
 from imalinkd.importer import import_source
 from imalinkd.shots import count_shots, group_shots
+from imalinkd.storage import init_storage
 
 
 def make_config(tmp_path: Path):
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path / 'catalog.db'}"},
         "storage": {"root": str(tmp_path / "archive")},
@@ -129,6 +131,7 @@ def test_cli_import_of_a_folder_is_named_after_it_and_reports_other_files(tmp_pa
     (folder / "IMG_0001.JPG").write_bytes(b"a")
     (folder / "notes.txt").write_bytes(b"b")
     cfg_path = tmp_path / "imalinkd.toml"
+    init_storage(tmp_path / "archive")
     cfg_path.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path / "c.db"}"\n[storage]\nroot = "{tmp_path / "archive"}"\n'
                         f'[import]\nthumbnails = false\n[api]\nlisten = ""\n')
     import sys

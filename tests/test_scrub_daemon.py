@@ -13,6 +13,7 @@ import httpx
 from cards import make_card
 from mounts import is_mounted, require_root, run, umount
 from test_daemon_e2e import Daemon, imalinkd, wait_for, write_config
+from test_reindex import make_root
 
 
 def free_port() -> int:
@@ -49,7 +50,7 @@ def test_a_drive_plugged_in_three_times_is_verified_once_and_its_damage_named_an
                           extra=f'\n[scrub]\nbudget = "34%"\n')
     text = config.read_text().replace('listen = ""', f'listen = "127.0.0.1:{port}"')
     config.write_text(text)
-    (tmp_path / "archive").mkdir()
+    make_root(tmp_path / "archive")  # as 'imalinkd init-storage' does
     drive = Drive(tmp_path / "drive.img", tmp_path / "drive")
     daemon = Daemon(tmp_path, config)
     try:
