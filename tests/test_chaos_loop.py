@@ -269,16 +269,9 @@ def run_loop(base: Path, runs: int = RUNS, seed: int = SEED, modes: tuple[str, .
     return failed
 
 
-YANK_WRITES_UNDER_THE_MOUNT_POINT = pytest.mark.xfail(
-    strict=True,
-    reason="a yanked archive (umount -l) mid-import: the importer's Sink.open (os.makedirs) and commit then write the "
-           "session's directories and a file onto the bare mount point underneath (issue 11 item 1, writes only onto "
-           "the real drive: st_dev/marker checks); resume then completes byte-exact once the drive is back")
-
-
 @pytest.mark.slow
 @pytest.mark.root
-@pytest.mark.parametrize("mode", [pytest.param(m, marks=YANK_WRITES_UNDER_THE_MOUNT_POINT) if m == "yank" else m for m in MODES])
+@pytest.mark.parametrize("mode", MODES)
 def test_kill_pull_and_yank_at_random_points_lose_nothing(tmp_path, mode):
     require_root()
     require_exfat()
