@@ -20,6 +20,7 @@ from cards import make_card, tree_hashes
 from test_daemon_e2e import make_card as make_exfat_card  # noqa: F401 - the fixture
 from imalinkd import sourcelock
 from imalinkd.sourcelock import Claim, SourceLock, claim_for
+from imalinkd.storage import init_storage
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -35,6 +36,7 @@ def wait_until(predicate, what: str, timeout: float = 90) -> None:
 
 @pytest.fixture
 def cfg(tmp_path) -> Path:
+    init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     p = tmp_path / "imalinkd.toml"
     p.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/state/catalog.db"\n\n[storage]\nroot = "{tmp_path}/archive"\n\n'
                  f'[import]\nthumbnails = false\n\n[api]\nlisten = ""\n\n[daemon]\nstate_dir = "{tmp_path}/state"\n')
