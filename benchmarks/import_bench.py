@@ -183,7 +183,7 @@ def manual_verified_copy(src: str, dst: str) -> str:
 
 def imalinkd_command(case_dir: str, src: str, verify: str, thumbnails: bool, backup: bool = False) -> tuple[list[str], dict]:
     """The CLI import into a fresh catalog and storage root below ``case_dir`` (and, with
-    ``backup``, a backup archive beside it, made a storage root first, not timed)."""
+    ``backup``, a backup archive beside it), each made a storage root first, not timed."""
     cfg = os.path.join(case_dir, "imalinkd.toml")
     backups = f"backups = {json.dumps([os.path.join(case_dir, 'backup')])}\ncopies = 1\n" if backup else ""
     with open(cfg, "w") as f:
@@ -194,9 +194,8 @@ def imalinkd_command(case_dir: str, src: str, verify: str, thumbnails: bool, bac
         )
     base = [sys.executable, "-m", "imalinkd", "--config", cfg, "--log-level", "warning"]
     env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    if backup:
-        for root in ("archive", "backup"):
-            subprocess.run([*base, "init-storage", os.path.join(case_dir, root)], env=env, check=True, capture_output=True)
+    for root in ("archive", "backup") if backup else ("archive",):  # only init-storage makes a storage root
+        subprocess.run([*base, "init-storage", os.path.join(case_dir, root)], env=env, check=True, capture_output=True)
     argv = [*base, "import", src, "--description", "bench", "--verify", verify, "--json"]
     if not thumbnails:
         argv.append("--no-thumbnails")
