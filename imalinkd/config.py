@@ -23,6 +23,8 @@ VERIFY_LEVELS = ("size", "sha256", "paranoid")
 CARD_AFTER_IMPORT = ("none", "unmount", "power-off")
 DROP_AFTER_IMPORT = ("keep", "delete")
 UNPLUGGED_DUPLICATES = ("copy", "skip")
+AUTOMOUNT = ("auto", "on", "off")
+ALERT_KINDS = ("import_completed", "import_failed", "waiting_for_archive", "damage_found", "backup_caught_up")
 
 
 def default_state_dir() -> Path:
@@ -97,13 +99,22 @@ class ApiConfig:
 @dataclass(frozen=True)
 class DaemonConfig:
     state_dir: Path = field(default_factory=default_state_dir)
-    automount: bool = False  # with udev: mount removable cards read-only ourselves
+    automount: str = "auto"  # mount removable cards read-only ourselves: "auto", "on" (true) or "off" (false)
     settle_seconds: float = 2.0  # drop folders: how long a file must be unchanged
     drop_rescan_seconds: float = 300.0  # drop folders: list them again this often for what events missed; 0: never
     watchdog: bool = True  # send WATCHDOG=1 when systemd asks for it
     mount_paths: tuple[str, ...] = ()  # globs of mount points examined for cards/archives; empty: all
     drive_job_seconds: float = 1800.0  # the longest a reindex of one drive may take in the daemon
     log_level: str = "info"
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    """Notifications to the user (imalinkd.daemon.alerts), through apprise URLs."""
+
+    urls: tuple[str, ...] = ()  # apprise URLs: "ntfy://…", "mailtos://…", "json://host/path", …; empty: none
+    events: tuple[str, ...] = ALERT_KINDS  # which kinds are sent
+    timeout_seconds: float = 10.0  # connect and read timeout of one delivery
 
 
 @dataclass(frozen=True)
@@ -164,6 +175,7 @@ class Config:
     daemon: DaemonConfig = field(default_factory=DaemonConfig)
     scrub: ScrubConfig = field(default_factory=ScrubConfig)
     cameras: CamerasConfig = field(default_factory=CamerasConfig)
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
     cards: tuple[CardPolicy, ...] = ()
     drop_folders: tuple[DropFolderPolicy, ...] = ()
     source: str = "embedded defaults"  # where this config came from, for messages
@@ -197,6 +209,28 @@ def _scrub_section(reader: "_Reader", data: Mapping[str, Any]) -> ScrubConfig:
     if scrub.interval_hours < 0:
         reader.fail("scrub.interval_hours", "must be 0 (never) or more")
     return scrub
+
+
+def _daemon_section(reader: "_Reader", data: Mapping[str, Any]) -> DaemonConfig:
+    raw = data.get("daemon", {})
+    if isinstance(raw, dict) and isinstance(raw.get("automount"), bool):  # true/false: "on"/"off"
+        data = {**data, "daemon": {**raw, "automount": "on" if raw["automount"] else "off"}}
+    daemon = reader.section(data, "daemon", DaemonConfig)
+    reader.check_choice("daemon.automount", daemon.automount, AUTOMOUNT)
+    return daemon
+
+
+def _notify_section(reader: "_Reader", data: Mapping[str, Any]) -> NotifyConfig:
+    notify = reader.section(data, "notify", NotifyConfig)
+    for i, url in enumerate(notify.urls):
+        if "://" not in url:  # the URL itself is not repeated: it may hold a token
+            reader.fail(f"notify.urls[{i}]", "is not a URL (scheme://…); see https://github.com/caronc/apprise/wiki")
+        redact.remember(url)
+    for kind in notify.events:
+        reader.check_choice("notify.events", kind, ALERT_KINDS)
+    if not 0.5 <= notify.timeout_seconds <= 300:
+        reader.fail("notify.timeout_seconds", "must be between 0.5 and 300")
+    return notify
 
 
 # --- loading -------------------------------------------------------------------------------
@@ -234,9 +268,9 @@ def load_config(explicit: str | os.PathLike[str] | None = None) -> Config:
 def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path | None = None) -> Config:
     """Turn parsed TOML into a Config. Relative paths are taken relative to ``base``."""
     reader = _Reader(source, base or Path.cwd())
-    known = {"catalog", "storage", "import", "api", "daemon", "scrub", "cameras", "card", "drop_folder"}
+    known = {"catalog", "storage", "import", "api", "daemon", "scrub", "cameras", "notify", "card", "drop_folder"}
     reader.reject_unknown(data, known, "")
-    daemon = reader.section(data, "daemon", DaemonConfig)
+    daemon = _daemon_section(reader, data)
     if daemon.drop_rescan_seconds != 0 and daemon.drop_rescan_seconds < 1:
         reader.fail("daemon.drop_rescan_seconds", "must be 0 (never) or at least 1 second")
     if daemon.log_level.lower() not in ("debug", "info", "warning", "error"):
@@ -306,6 +340,7 @@ def parse_config(data: Mapping[str, Any], source: str = "<config>", base: Path |
         daemon=daemon,
         scrub=_scrub_section(reader, data),
         cameras=cameras,
+        notify=_notify_section(reader, data),
         cards=tuple(cards),
         drop_folders=tuple(drops),
         source=source,

@@ -37,12 +37,13 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Callable, Iterator
 
 import structlog
 
 from imalinkd.config import Config, load_config
-from imalinkd.daemon import drivejobs, identify, policy
+from imalinkd.daemon import alerts, drivejobs, identify, policy, udev
 from imalinkd.daemon.dropfolder import DropFolderSource
 from imalinkd.daemon.examine import examine_until_done
 from imalinkd.daemon.events import (
@@ -252,6 +253,17 @@ class Daemon:
         self.hub: Any = None  # live progress for the HTTP API (imalinkd.api)
         self.api: Any = None
         self.scrubs: Any = None  # imalinkd.scrub.scheduler.ScrubScheduler
+        self.alerts = alerts.Alerts.from_config(config)
+        self.automount, self.automount_reason = self._automount_choice(config)
+
+    def _automount_choice(self, config: Config) -> tuple[bool, str]:
+        setting = config.daemon.automount
+        if setting in (True, False, "on", "off"):
+            return udev.automount_choice(setting, False, False)
+        return udev.automount_choice(setting, udev.udev_available(), udev.udisks2_running())
+
+    def _automount_root(self) -> Path:
+        return self.config.daemon.state_dir / "media"
 
     # -- lifecycle --
 
@@ -273,6 +285,7 @@ class Daemon:
             self._shutdown()
             return 1
         self._start_scrubs()
+        self.alerts.start()
         log.info("daemon_ready", config=self.config.source, pid=os.getpid())
         self.notifier.ready(status=self._status())
         try:
@@ -316,6 +329,7 @@ class Daemon:
         channel, when there is one, is called from here."""
         self.state.last_note = f"scrub found {finding.result} {finding.directory_name}/{finding.path} on {finding.label!r}"
         self._update_status()
+        self.alerts.send(alerts.damage_found(finding.label, finding.directory_name, finding.path, finding.result))
 
     def _waiting_for_archive(self) -> list[dict]:
         """Cards and drop folders waiting for an archive, for the web dashboard (any thread)."""
@@ -338,8 +352,8 @@ class Daemon:
         signal.signal(signal.SIGHUP, on_hup)
 
     def _start_sources(self) -> None:
-        from imalinkd.daemon import udev
-
+        log.info("automount", on=self.automount, reason=self.automount_reason,
+                 mount_root=str(self._automount_root()) if self.automount else None)
         # The mount table first: a card already in the reader is reported as it starts.
         self.mount_source = MountTableSource(self.events)
         self.mount_source.start()
@@ -422,6 +436,7 @@ class Daemon:
             self.api.stop()
         if self.scrubs is not None:
             self.scrubs.stop()
+        self.alerts.stop()
         if self.catalog is not None:
             try:
                 self.catalog.close()
@@ -478,7 +493,8 @@ class Daemon:
 
     def on_mount_appeared(self, event: MountAppeared) -> None:
         mp = event.mount_point
-        if not policy.is_watched_mount(mp, self.config.daemon.mount_paths):
+        own = mp.is_relative_to(self._automount_root())  # cards it mounted itself: always looked at
+        if not (own or policy.is_watched_mount(mp, self.config.daemon.mount_paths)):
             log.debug("mount_not_watched", mount_point=str(mp))
             return
         self.state.examining[mp] = event
@@ -568,13 +584,11 @@ class Daemon:
             "block_device_added", device=event.device, label=event.label, card_uuid=event.fs_uuid,
             fstype=event.fstype, removable=event.removable,
         )
-        if not (self.config.daemon.automount and event.removable):
+        if not (self.automount and event.removable) or event.device in self.state.automounted:
             return
-        if any(r.event.mount_source == event.device for r in self.state.mounts.values()):
+        if udev.mounted_anywhere(event.device):
             return  # mounted already (by the desktop, or by hand)
-        from imalinkd.daemon import udev
-
-        target = udev.automount_dir(self.config.daemon.state_dir / "media", event.label, event.fs_uuid, event.device)
+        target = udev.automount_dir(self._automount_root(), event.label, event.fs_uuid, event.device)
         try:
             udev.mount_readonly(event.device, target, event.fstype)
         except (OSError, subprocess.SubprocessError) as e:
@@ -653,6 +667,11 @@ class Daemon:
         self.config = new
         if self.scrubs is not None:
             self.scrubs.config = new  # the next scrub takes the new [scrub] keys
+        self.automount, self.automount_reason = self._automount_choice(new)
+        if new.notify != old.notify:
+            self.alerts.stop()
+            self.alerts = alerts.Alerts.from_config(new)
+            self.alerts.start()
         log.info("config_reloaded", config=new.source)
         if (new.drop_folders, new.daemon.settle_seconds, new.daemon.drop_rescan_seconds) != (
                 old.drop_folders, old.daemon.settle_seconds, old.daemon.drop_rescan_seconds):
@@ -756,12 +775,16 @@ class Daemon:
                 result = self._import_card(engine, job, card, config, blog)
         except ArchiveAbsentError as e:  # not plugged in, not found, or not made an archive yet
             blog.warning("card_waiting_for_archive", reason=str(e))
+            if not self.stopping.is_set():
+                self.alerts.send(alerts.card_waiting(f"card {card.identity.name}", str(e)))
             return JobFinished(job.key, "waiting_for_storage")
         except ImalinkError as e:
             blog.error("card_import_failed", error=str(e))
             if self.hub is not None:
                 self.hub.publish_error(str(card.mount_point), str(e))
-            return JobFinished(job.key, "cancelled" if job.cancel.is_set() else "failed")
+            outcome = "cancelled" if job.cancel.is_set() else "failed"
+            self._tell(card, SimpleNamespace(error=str(e)), outcome)
+            return JobFinished(job.key, outcome)
         if self.hub is not None:
             self.hub.publish_result(result)
         outcome = outcome_of(result)
@@ -790,6 +813,7 @@ class Daemon:
                 duplicates_skipped=getattr(result, "duplicates_skipped", None),
                 storage_path=str(getattr(result, "storage_path", "") or ""),
             )
+        self._tell(card, result, outcome)
         verdict = getattr(result, "verdict", None) or {}
         return JobFinished(job.key, outcome, session, safe=bool(verdict.get("safe_to_format")), verdict=verdict.get("verdict"))
 
@@ -811,6 +835,13 @@ class Daemon:
             thumbnails=card.policy.thumbnails, cancel=job.cancel,
             progress=self._progress(job), catalog=self.catalog, lock_source=False,
         )
+
+    def _tell(self, card: CardJob, result: Any, outcome: str) -> None:
+        """The user's notification of how a card's job ended (queued; never blocks)."""
+        alert = alerts.for_card_outcome(f"card {card.identity.name}", card.mount_point, result, outcome,
+                                        stopping=self.stopping.is_set())
+        if alert is not None:
+            self.alerts.send(alert)
 
     def _run_drop_job(self, job: Job, drop: Any, batch: DropBatchSettled) -> JobFinished:
         blog = log.bind(folder=str(batch.folder))
@@ -1019,8 +1050,6 @@ class Daemon:
                 log.warning("card_power_off_failed", device=device, error=proc.stderr.strip())
 
     def _unmount_automounted(self, device: str) -> None:
-        from imalinkd.daemon import udev
-
         target = self.state.automounted.pop(device, None)
         if target is not None:
             udev.unmount(target)

@@ -153,6 +153,52 @@ class BlockDeviceSource:
 
 # --- automount -------------------------------------------------------------------------------
 
+UDISKS_RUN_DIR = Path("/run/udisks2")
+
+
+def udisks2_running(run_dir: Path = UDISKS_RUN_DIR, proc: Path = Path("/proc")) -> bool:
+    """Whether udisks2 (the desktop's automounter) manages removable drives here: its
+    daemon keeps /run/udisks2 while it runs, and is a process named ``udisksd``."""
+    if run_dir.is_dir():
+        return True
+    try:
+        for comm in proc.glob("[0-9]*/comm"):
+            try:
+                if comm.read_text().strip() == "udisksd":
+                    return True
+            except OSError:
+                continue
+    except OSError:
+        pass
+    return False
+
+
+def automount_choice(setting: str | bool, udev_running: bool, udisks_running: bool) -> tuple[bool, str]:
+    """Whether the daemon mounts removable cards itself, and why. ``"auto"``: when udev
+    reports block devices and no udisks2 would mount them already (a headless server)."""
+    if setting in (True, "on"):
+        return True, "automount = on"
+    if setting in (False, "off"):
+        return False, "automount = off"
+    if not udev_running:
+        return False, "no udev: cards must be mounted by someone else (see the README)"
+    if udisks_running:
+        return False, "udisks2 manages removable drives"
+    return True, "udev runs and no udisks2 manages removable drives"
+
+
+def mounted_anywhere(device: str, mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether ``device`` is mounted already, at any path (by a desktop, by hand)."""
+    from imalinkd.daemon.mountinfo import parse_mountinfo
+
+    try:
+        real = os.path.realpath(device)
+        return any(os.path.realpath(e.source) == real for e in parse_mountinfo(mountinfo.read_bytes()).values()
+                   if e.source.startswith("/dev/"))
+    except OSError:
+        return False
+
+
 
 def automount_dir(media_root: Path, label: str | None, fs_uuid: str | None, device: str) -> Path:
     """``<state_dir>/media/<label-or-uuid>``; a name already in use gets a suffix."""
