@@ -24,6 +24,7 @@ URLs carry tokens and passwords: they are never logged; a URL is named by its po
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -134,6 +135,7 @@ def build_targets(urls: tuple[str, ...], timeout: float) -> list[tuple[str, Any]
     apprise cannot use is logged (by position and scheme) and left out."""
     import apprise
 
+    logging.getLogger("apprise").propagate = False  # its lines reach our log through deliver()
     targets = []
     for i, url in enumerate(urls):
         obj = apprise.Apprise()
@@ -149,23 +151,31 @@ def build_targets(urls: tuple[str, ...], timeout: float) -> list[tuple[str, Any]
 
 
 def deliver(targets: list[tuple[str, Any]], alert: Alert) -> int:
-    """Send ``alert`` to every target; returns how many took it. Failures are logged."""
-    from apprise import NotifyType
+    """Send ``alert`` to every target; returns how many took it. Failures are logged, with
+    what apprise said about them (masked of the configured URLs)."""
+    import apprise
+
+    from imalinkd import redact
 
     sent = 0
     for name, plugin in targets:
-        try:
-            ok = plugin.notify(body=alert.body, title=alert.title, notify_type=NotifyType(alert.level))
-        except Exception as e:  # a plugin's bug must not end the sender
-            ok = False
-            log.warning("notification_failed", kind=alert.kind, url=name, error=f"{type(e).__name__}: {e}")
-            continue
+        with apprise.LogCapture(level=logging.WARNING) as said:
+            try:
+                ok = plugin.notify(body=alert.body, title=alert.title, notify_type=apprise.NotifyType(alert.level))
+                why = _last_line(said.getvalue())
+            except Exception as e:  # a plugin's bug must not end the sender
+                ok, why = False, f"{type(e).__name__}: {e}"
         if ok:
             sent += 1
             log.info("notification_sent", kind=alert.kind, url=name)
         else:
-            log.warning("notification_failed", kind=alert.kind, url=name, error="refused or unreachable")
+            log.warning("notification_failed", kind=alert.kind, url=name, error=redact.text(why or "refused"))
     return sent
+
+
+def _last_line(captured: str) -> str:
+    lines = [line.split(" - ", 2)[-1] for line in captured.splitlines() if line.strip()]
+    return lines[-1] if lines else ""
 
 
 class Alerts:

@@ -265,6 +265,11 @@ class Daemon:
     def _automount_root(self) -> Path:
         return self.config.daemon.state_dir / "media"
 
+    def _watched(self, mount_point: Path) -> bool:
+        """[daemon] mount_paths, plus the cards it mounted itself: those are always looked at."""
+        return (mount_point.is_relative_to(self._automount_root())
+                or policy.is_watched_mount(mount_point, self.config.daemon.mount_paths))
+
     # -- lifecycle --
 
     def run(self) -> int:
@@ -493,8 +498,7 @@ class Daemon:
 
     def on_mount_appeared(self, event: MountAppeared) -> None:
         mp = event.mount_point
-        own = mp.is_relative_to(self._automount_root())  # cards it mounted itself: always looked at
-        if not (own or policy.is_watched_mount(mp, self.config.daemon.mount_paths)):
+        if not self._watched(mp):
             log.debug("mount_not_watched", mount_point=str(mp))
             return
         self.state.examining[mp] = event
