@@ -135,3 +135,8 @@ def test_check_config_never_prints_a_notification_url(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "private-topic" not in proc.stdout + proc.stderr
     assert json.loads(proc.stdout)["notify"]["urls"] == ["***"]
+
+
+def test_backup_caught_up_says_how_much():
+    alert = alerts.backup_caught_up(None, 2, 37)
+    assert alert.kind == "backup_caught_up" and "37 more files from 2 sessions" in alert.body

@@ -15,8 +15,8 @@ Kinds (``[notify] events`` chooses among them):
 - ``import_failed``: an import failed or the card was pulled mid-copy, with the next step;
 - ``waiting_for_archive``: a card waits because no archive drive is reachable;
 - ``damage_found``: a scrub found an archived file not intact;
-- ``backup_caught_up``: a backup drive received the copies it was missing (reserved for
-  backup archives; :func:`backup_caught_up` builds it).
+- ``backup_caught_up``: the backups' catch-up copied (verified) what a backup drive was
+  missing.
 
 URLs carry tokens and passwords: they are never logged; a URL is named by its position in
 ``[notify] urls`` and its scheme only.
@@ -121,10 +121,12 @@ def damage_found(label: str | None, directory: str, path: str, result: str) -> A
                  "failure")
 
 
-def backup_caught_up(drive: str, sessions: int, files: int) -> Alert:
+def backup_caught_up(drive: str | None, sessions: int, files: int) -> Alert:
     """A backup drive received (verified) the copies it was missing."""
-    return Alert("backup_caught_up", f"backup {drive} caught up",
-                 f"{drive} now holds verified copies of {files} more files from {sessions} sessions.", "success")
+    name = f"backup {drive}" if drive else "the backup drive"
+    return Alert("backup_caught_up", f"{name} caught up",
+                 f"{name[0].upper()}{name[1:]} now holds verified copies of {files} more files from {sessions} sessions; "
+                 "cards left mounted until then are safe to format once their verdict says so.", "success")
 
 
 # --- delivery ----------------------------------------------------------------------------------

@@ -1003,7 +1003,8 @@ class Daemon:
         self._recheck_unsafe()
 
     def _on_caught_up(self, report: dict) -> None:
-        """Where the user is told that a backup caught up (notifications plug in here)."""
+        """Where the user is told that a backup caught up."""
+        self.alerts.send(alerts.backup_caught_up(None, len(report.get("sessions") or []), int(report.get("copied") or 0)))
 
     def _recheck_unsafe(self) -> None:
         """Cards left mounted because they were not yet safe: their verdict again, and the
