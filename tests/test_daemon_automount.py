@@ -21,6 +21,7 @@ from mounts import is_mounted, require_exfat, require_root, require_tools, run
 from imalinkd.config import parse_config
 from imalinkd.daemon import service, udev
 from imalinkd.daemon.events import BlockDeviceAdded, BlockDeviceRemoved, StopRequested
+from imalinkd.storage import init_storage
 
 pytestmark = [pytest.mark.slow, pytest.mark.root]
 
@@ -93,7 +94,8 @@ class FakeUdev:
 
 
 def _config(tmp_path: Path, after_import: str):
-    (tmp_path / "archive").mkdir(exist_ok=True)
+    if not (tmp_path / "archive").exists():
+        init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return parse_config({
         "catalog": {"url": f"sqlite:///{tmp_path}/catalog.db"},
         "storage": {"root": str(tmp_path / "archive")},
