@@ -33,7 +33,7 @@ from imalinkd.errors import ManifestError
 FILENAME = "metadata.json"
 FORMAT = "imalink-session"
 FORMAT_VERSION = 1  # the major version this code writes and the newest it reads
-FORMAT_MINOR = 2  # 1: thumbnail per entry, manifest-sha256.txt beside the manifest; 2: other_files, source kind camera
+FORMAT_MINOR = 3  # 1: thumbnail per entry, manifest-sha256.txt beside the manifest; 2: other_files, source kind camera; 3: readback
 STATUSES = ("not_started", "in_progress", "completed", "failed")
 # The largest manifest read (docs/archives.md). One of a session of 50,000 camera files
 # with their metadata is about 35 MiB (some 735 bytes a file, indented): this is over three
