@@ -40,6 +40,9 @@ def cfg(tmp_path) -> Path:
     p = tmp_path / "imalinkd.toml"
     p.write_text(f'[catalog]\nurl = "sqlite:///{tmp_path}/state/catalog.db"\n\n[storage]\nroot = "{tmp_path}/archive"\n\n'
                  f'[import]\nthumbnails = false\n\n[api]\nlisten = ""\n\n[daemon]\nstate_dir = "{tmp_path}/state"\n')
+    from imalinkd import storage
+
+    storage.init_storage(tmp_path / "archive")  # as 'imalinkd init-storage' does
     return p
 
 
