@@ -264,7 +264,7 @@ def cmd_sessions(config, args) -> int:
     from sqlalchemy import select
 
     from imalinkd.catalog import ImportSession
-    from imalinkd.importer import session_dir_of, session_json
+    from imalinkd.sessions import session_dir_of, session_json
 
     catalog = _catalog(config)
     with catalog.session() as s:
