@@ -88,10 +88,7 @@ class ArchivedCopies:
 
     def _candidates(self, sha: str, size: int) -> list[tuple[int, int, str, str]]:
         with self.catalog.session() as s:
-            q = (select(Image.id, ImportSession.id, ImportSession.storage_uuid, Image.storage_relative_path)
-                 .join(ImportSession, Image.session_id == ImportSession.id)
-                 .where(*_ARCHIVED, Image.sha256 == sha, Image.file_size == size).order_by(ImportSession.id))
-            return [tuple(r) for r in s.execute(q)]
+            return [tuple(r) for r in s.execute(candidates_query(sha, size))]
 
     def _locate(self, image_id: int, row_id: int, rel: str, size: int) -> tuple[str | None, bool]:
         """The path of the session's copy of ``rel`` when it is there with ``size`` and its
@@ -130,3 +127,13 @@ def verified_duplicates(config, catalog: Catalog, skipped: list[SkippedEntry]) -
     copies = ArchivedCopies(config, catalog)
     return {e.original_path for e in skipped
             if e.duplicate_of and e.sha256 and e.file_size is not None and copies.verified_path(e.sha256, e.file_size)}
+
+
+def candidates_query(sha: str, size: int):
+    """The archived files with this sha256 and size, oldest session first. The size is
+    compared as ``file_size + 0``, which no index serves: the planner looks the file up by its
+    sha256 (one or a few rows) and never walks the size index, where a camera's uncompressed
+    RAW files all share one entry, whatever statistics the catalog has or lacks."""
+    return (select(Image.id, ImportSession.id, ImportSession.storage_uuid, Image.storage_relative_path)
+            .join(ImportSession, Image.session_id == ImportSession.id)
+            .where(*_ARCHIVED, Image.sha256 == sha, Image.file_size + 0 == size).order_by(ImportSession.id))

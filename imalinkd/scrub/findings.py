@@ -44,11 +44,12 @@ def other_copies(s, sha256: str, size: int, image_id: int, storage_id: str) -> l
     content in another session), with what the last scrub there said (``unchecked`` when
     none has): where to restore the file from."""
     labels = _labels(s)
+    # file_size + 0: looked up by sha256, never through the size index (see duplicates.candidates_query)
     out = []
     rows = s.execute(select(Image.id, Image.storage_relative_path, ImportSession.id, ImportSession.storage_uuid,
                             ImportSession.storage_id, ImportSession.storage_directory_name)
                      .join(ImportSession, Image.session_id == ImportSession.id)
-                     .where(Image.sha256 == sha256, Image.file_size == size, ImportSession.copy_files.is_(True))).all()
+                     .where(Image.sha256 == sha256, Image.file_size + 0 == size, ImportSession.copy_files.is_(True))).all()
     for img_id, rel, session_row, uuid_, home, home_dir in rows:
         places = {home: home_dir} if home and home_dir else {}
         for sid, name, missing in s.execute(select(SessionCopy.storage_id, SessionCopy.storage_directory_name, SessionCopy.missing)
