@@ -63,6 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     c = add("sessions", "list import sessions, newest first", js)
     c.add_argument("--status", choices=["not_started", "in_progress", "completed", "failed"], help="only sessions with this status")
+    c.add_argument("--limit", type=_positive, metavar="N", help="at most N sessions (default: all)")
+    c.add_argument("--offset", type=_not_negative, default=0, metavar="K", help="skip the K newest first (default: 0)")
 
     c = add("status", "storage status of a session, or an overview without SESSION", js)
     c.add_argument("session", nargs="?", help="UUID, its 8-character prefix, or the directory name")
@@ -97,6 +99,23 @@ def build_parser() -> argparse.ArgumentParser:
     cli_camera.add_commands(add, js)
     cli_backups.add_commands(add, js)
     return p
+
+
+def _positive(text: str) -> int:
+    n = _not_negative(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError(f"must be at least 1, not {text!r}")
+    return n
+
+
+def _not_negative(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, not {text!r}")
+    return n
 
 
 # --- output helpers -----------------------------------------------------------------------
@@ -261,24 +280,21 @@ def _catalog(config):
 
 
 def cmd_sessions(config, args) -> int:
-    from sqlalchemy import select
-
-    from imalinkd.catalog import ImportSession
-    from imalinkd.sessions import session_dir_of, session_json
-
-    catalog = _catalog(config)
-    with catalog.session() as s:
-        rows = list(s.scalars(select(ImportSession).order_by(ImportSession.created_at.desc(), ImportSession.id.desc())))
+    from imalinkd import session_list
+    from imalinkd.sessions import session_json
     from imalinkd.verdict import session_fields
 
-    out = [session_json(r, session_dir_of(config, catalog, r), session_fields(config, catalog, r)) for r in rows]
-    if args.status:
-        out = [o for o in out if o["copy_status"] == args.status]
+    catalog = _catalog(config)
+    page = session_list.page(catalog, args.status, args.limit, args.offset)
+    where = session_list.locations(config, catalog, page.rows)
+    out = [session_json(r, where[r.id], session_fields(config, catalog, r)) for r in page.rows]
     if args.json:
         _print_json(out)
         return EXIT_OK
     if not out:
-        _say("no import sessions yet")
+        _say("no import sessions yet" if not page.total else f"no sessions past the first {args.offset} of {page.total}")
+    elif len(out) < page.total:
+        _say(f"sessions {args.offset + 1}-{args.offset + len(out)} of {page.total} (--limit, --offset for others)")
     for o in out:
         where = o["storage_path"] or "(storage not reachable)"
         _say(f"{o['import_session_id'][:8]}  {o['copy_status']:<11} {o['total_files']:>6} files  {human_bytes(o['total_size_bytes']):>10}  {o['storage_directory_name']}  {where}")

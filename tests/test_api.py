@@ -124,6 +124,9 @@ def test_sessions_are_listed_and_found_by_id_uuid_prefix_and_directory_name(impo
     assert env.client.get("/import-sessions", params={"status": "completed"}).json() == listed
     assert env.client.get("/import-sessions", params={"status": "failed"}).json() == []
     assert env.client.get("/import-sessions", params={"status": "bogus"}).status_code == 422
+    r = env.client.get("/import-sessions", params={"limit": 1, "offset": 1})
+    assert r.json() == [] and r.headers["X-Total-Count"] == "1"  # a page past the end, with the total
+    assert env.client.get("/import-sessions").headers["X-Total-Count"] == "1"
     row_id = listed[0]["id"]
     for ref in (str(row_id), result.session_uuid, result.session_uuid[:8], result.storage_directory_name):
         r = env.client.get(f"/import-sessions/{ref}")

@@ -48,7 +48,7 @@ from sqlalchemy import func, select
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import FileResponse
 
-from imalinkd import __version__, paths, redact, verdict
+from imalinkd import __version__, paths, redact, verdict, session_list
 from imalinkd.api import auth, web
 from imalinkd.api.hosts import HostCheck, host_policy
 from imalinkd.api.hub import ProgressHub, seed_phase
@@ -579,18 +579,15 @@ def create_app(config, catalog, hub: ProgressHub | None = None, *, token: str | 
 
     @app.get("/import-sessions", tags=["sessions"], dependencies=[Read], summary="List import sessions, newest first")
     def list_sessions(
+        response: Response,
         status: Annotated[Literal["not_started", "in_progress", "completed", "failed"] | None, Query(description="only sessions with this (effective) status")] = None,
         limit: Annotated[int | None, Query(ge=1, le=10000)] = None,
         offset: Annotated[int, Query(ge=0, le=MAX_DB_ID)] = 0,
     ) -> list[dict]:
-        with catalog.session() as s:
-            rows = list(s.scalars(select(ImportSession).order_by(ImportSession.created_at.desc(), ImportSession.id.desc())))
-        if status is not None:
-            rows = [r for r in rows if importer.effective_status(r) == status]
-        rows = rows[offset: offset + limit if limit else None]
-        scan = locate._Scan(config.storage.search_depth)
-        return [importer.session_json(r, locate.session_path(config, catalog, r, scan), verdict.session_fields(config, catalog, r))
-                for r in rows]
+        page = session_list.page(catalog, status, limit, offset)
+        where = session_list.locations(config, catalog, page.rows)
+        response.headers["X-Total-Count"] = str(page.total)
+        return [importer.session_json(r, where[r.id], verdict.session_fields(config, catalog, r)) for r in page.rows]
 
     @app.get("/import-sessions/{session_id}", tags=["sessions"], dependencies=[Read], summary="One session with counts and phase")
     def get_session(session_id: SessionRef) -> dict:
