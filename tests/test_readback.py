@@ -152,3 +152,32 @@ def test_kernel_file_systems_are_read_from_the_device(tmp_path):
         assert readback.reread_hash(tmpfs / "f")[2] == readback.PAGE_CACHE_POSSIBLE
     finally:
         umount(tmpfs)
+
+
+def test_on_fuse_a_scrub_reads_the_files_from_the_device(tmp_path):
+    """A scrub re-verifies against the disk, not a cache: on exfat-fuse the files just
+    written are still in the loop device's cache, and a scrub must read them from it all
+    the same (the device's cache dropped as for an import's read-back)."""
+    from imalinkd.scrub.budget import parse_budget
+    from imalinkd.scrub.engine import scrub_root
+
+    card = make_card(tmp_path / "card", shots=6, raw_kb=2048)
+    with fuse_archive("exfat-fuse", tmp_path) as mnt:
+        device = device_of(mnt)
+        root = mnt / "photos"
+        storage.init_storage(root)
+        cfg = config_for(tmp_path, root)
+        assert import_source(cfg, card.root).copy_status == "completed"
+        # the copies are in the device's cache now: read them all through the mount once more
+        for f in root.rglob("*"):
+            if f.is_file():
+                f.read_bytes()
+        catalog = Catalog.open(cfg)
+        try:
+            before = sectors_read(device)
+            report = scrub_root(catalog, str(root), storage.read_marker(root), parse_budget("pass"))
+            read = (sectors_read(device) - before) * 512
+        finally:
+            catalog.close()
+        assert report.clean and report.checked == len(card.files)
+        assert read >= card.total_bytes, f"the scrub read {read} bytes from {device}, {card.total_bytes} archived"

@@ -32,7 +32,7 @@ from typing import Callable
 import structlog
 from sqlalchemy import insert, or_, select, update
 
-from imalinkd import durable, paths, storage
+from imalinkd import durable, paths, readback, storage
 from imalinkd.catalog import Catalog, FileCheck, Image, ImportSession, SessionCopy, StorageRoot
 from imalinkd.locate import SafeTree, is_real_dir
 from imalinkd.scrub.budget import Budget
@@ -163,6 +163,12 @@ def check_file(path: str | None, size: int, sha256: str, pause: Callable[[], boo
         if not stat.S_ISREG(st.st_mode):
             return "damaged", "not a regular file any more"
         durable.drop_cache(fd)
+        # On FUSE (exfat-fuse, ntfs-3g) the file's own pages are not all: the server reads
+        # the block device through the device's cache, which must be dropped too, or the
+        # scrub would check a cached copy instead of the disk (see imalinkd.readback).
+        route = readback.route_for(path)
+        if route.device is not None:
+            readback.drop_device_cache(route.device)
         h = hashlib.sha256()
         n = 0
         buf = bytearray(CHUNK)
