@@ -141,7 +141,10 @@ def test_a_drive_whose_manifest_is_a_fifo_does_not_stop_a_card_plugged_in_after_
         namespace.mount_loop(drive_image, spare)
         wait_for(lambda: daemon.has_event("archive_mounted"), 60, "the spare drive examined")
         namespace.mount_exfat(image, tmp_path / "media" / "EOS_DIGITAL")
-        [session] = wait_for(lambda: daemon.completed_sessions(), 120, "the card's session")
+        # the spare drive's own good session may be indexed first: wait for the card's one
+        def card_session():
+            return [s for s in daemon.completed_sessions() if s["import_session_id"] != good]
+        [session] = wait_for(card_session, 120, "the card's session")
         files = Path(session["storage_path"]) / "files"
         assert card.files == {rel: sha256_of(files / rel) for rel in card.files}
         # the drive is indexed but for its FIFO, named
