@@ -15,6 +15,20 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 SAMPLES = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "exif-samples"
 
+TEST_COMMAND = "python3 -m venv .venv && .venv/bin/pip install '.[test]' && .venv/bin/python -m pytest"
+
+
+def pytest_configure(config):
+    """Without the project's dependencies every test module fails to import: say once what
+    to run instead of printing dozens of import errors."""
+    import importlib.util
+
+    missing = [m for m in ("sqlalchemy", "structlog", "fastapi", "httpx", "PIL", "psutil")
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        pytest.exit(f"the test dependencies are not installed in {sys.executable} (missing: "
+                    f"{', '.join(missing)}). Run the tests as the README says: {TEST_COMMAND}", returncode=2)
+
 
 @pytest.fixture(autouse=True, scope="session")
 def schema_checked_writes(tmp_path_factory):

@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -26,19 +25,12 @@ from imalinkd.config import parse_config
 from imalinkd.daemon.camera import changes
 from imalinkd.daemon.events import CameraAppeared, CameraGone
 from imalinkd.storage import init_storage
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 BROWSE = "Directory Browse"
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.05)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def make_camera_tree(root: Path) -> dict[str, str]:

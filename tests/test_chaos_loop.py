@@ -29,7 +29,6 @@ import random
 import subprocess
 import sys
 import textwrap
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -45,6 +44,7 @@ from imalinkd import durable, storage  # noqa: E402
 from imalinkd.config import load_config  # noqa: E402
 from imalinkd.importer import verify_sessions  # noqa: E402
 from imalinkd.manifest import read_manifest  # noqa: E402
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 RUNS = 20
@@ -88,13 +88,6 @@ def imalinkd(cfg: Path, *args: str, timeout: float = 300) -> subprocess.Complete
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=timeout)
 
 
-def wait_until(predicate, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.005)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @dataclass

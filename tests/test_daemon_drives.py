@@ -9,7 +9,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,18 +20,11 @@ from test_hostile_drives import ext4_from_tree
 from test_reindex import make_root, make_session
 
 from imalinkd import manifest as mf
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def env() -> dict[str, str]:

@@ -19,6 +19,7 @@ import pytest
 
 from imalinkd.storage import init_storage
 from mounts import require_exfat as require_loop_mounts
+from waiting import wait_for
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -29,14 +30,6 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # --- cards -------------------------------------------------------------------------------------

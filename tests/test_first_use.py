@@ -10,13 +10,13 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 from sqlalchemy import inspect
 
 from imalinkd.catalog import Catalog, _head_revision
 from test_check_config import postgres  # noqa: F401 - the fixture
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,13 +49,6 @@ def start_child(url: str, pause_dir: Path | None = None, after: int = 3) -> subp
     return subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def wait_until(predicate, what: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def blocked_on_a_lock(pid: int) -> bool:

@@ -11,7 +11,6 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -21,17 +20,11 @@ from test_daemon_e2e import make_card as make_exfat_card  # noqa: F401 - the fix
 from imalinkd import sourcelock
 from imalinkd.sourcelock import Claim, SourceLock, claim_for
 from imalinkd.storage import init_storage
+from waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def wait_until(predicate, what: str, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.01)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.fixture
