@@ -100,10 +100,16 @@ class Catalog:
         half-way leaves the catalog as it was before, to be migrated by the next one."""
         head = _head_revision()
         try:
-            if self._current_revision() == head:
-                return
+            try:
+                if not self._is_new_file() and self._current_revision() == head:
+                    return
+            except OperationalError:
+                pass  # busy while another process creates or migrates the file: decided below, under the lock
             with self._migration_lock():
-                self._upgrade()
+                # A fresh file is also first connected to here (its journal mode is set on
+                # the first connection): racing processes do that one at a time.
+                if self._current_revision() != head:
+                    self._upgrade()
         except SQLAlchemyError as e:
             hint = ""
             if isinstance(e, DatabaseError) and not isinstance(e, OperationalError) and self.engine.url.get_backend_name() == "sqlite":
@@ -111,6 +117,16 @@ class Catalog:
                         "and 'imalinkd reindex' rebuilds it from them")
             raise CatalogError(url=self.url, message=f"cannot open or migrate: {e.__class__.__name__}: "
                                                      f"{e.orig if hasattr(e, 'orig') else e}{self._room()}{hint}") from None
+
+    def _is_new_file(self) -> bool:
+        """Is the catalog a SQLite file that does not exist yet, or is still empty?"""
+        url = self.engine.url
+        if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+            return False
+        try:
+            return os.stat(url.database).st_size == 0
+        except FileNotFoundError:
+            return True
 
     def _current_revision(self) -> str | None:
         with self.engine.begin() as conn:
